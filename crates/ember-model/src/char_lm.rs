@@ -1,0 +1,154 @@
+//! The character-level language model: embedding, recurrent stack, vocabulary head.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor};
+
+use crate::{CellKind, RecurrentState, StackedRecurrent, StackedRecurrentConfig};
+
+/// Configuration to create a [`CharLm`] with [`CharLmConfig::init`].
+#[derive(Config, Debug)]
+pub struct CharLmConfig {
+    /// How many distinct characters the model reads and predicts.
+    pub vocab_size: usize,
+    /// The recurrence of every layer.
+    pub cell: CellKind,
+    /// The size of every layer's hidden state.
+    pub d_hidden: usize,
+    /// How many recurrent layers are stacked.
+    #[config(default = 1)]
+    pub num_layers: usize,
+    /// The size of the learned character embedding; 0 feeds one-hot vectors, as the seed does.
+    #[config(default = 0)]
+    pub d_embed: usize,
+    /// Dropout probability between recurrent layers, in training only.
+    #[config(default = 0.0)]
+    pub dropout: f64,
+}
+
+/// A character language model: `logits_t = head(rnn(embed(x))_t)`, the next-character
+/// distribution after every prefix of the input.
+///
+/// The layout is the reference PyTorch module's (`embedding`, `rnn`, `head`), so its state dict
+/// imports one to one (see [`crate::torch`]).
+///
+/// Create it with [`CharLmConfig`].
+#[derive(Module, Debug)]
+pub struct CharLm {
+    /// The character embedding; `None` when inputs are one-hot.
+    pub embedding: Option<Embedding>,
+    /// The recurrent layers.
+    pub rnn: StackedRecurrent,
+    /// The projection of the top hidden vector onto the vocabulary.
+    pub head: Linear,
+}
+
+impl CharLmConfig {
+    /// Initializes a new [`CharLm`].
+    pub fn init(&self, device: &Device) -> CharLm {
+        let d_input = match self.d_embed {
+            0 => self.vocab_size,
+            d_embed => d_embed,
+        };
+        let embedding =
+            (self.d_embed > 0).then(|| EmbeddingConfig::new(self.vocab_size, self.d_embed).init(device));
+        let rnn = StackedRecurrentConfig::new(self.cell, d_input, self.d_hidden)
+            .with_num_layers(self.num_layers)
+            .with_dropout(self.dropout)
+            .init(device);
+        let head = LinearConfig::new(self.d_hidden, self.vocab_size).init(device);
+        CharLm {
+            embedding,
+            rnn,
+            head,
+        }
+    }
+}
+
+impl CharLm {
+    /// The number of characters in the vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        self.head.weight.dims()[1]
+    }
+
+    /// A zero state for `batch_size` streams.
+    pub fn zero_state(&self, batch_size: usize, device: &Device) -> RecurrentState {
+        self.rnn.zero_state(batch_size, device)
+    }
+
+    /// The bottom layer's input projection of one step of ids.
+    fn project_ids(&self, ids: Tensor<1, Int>) -> Tensor<2> {
+        let first = &self.rnn.layers[0];
+        match &self.embedding {
+            Some(embedding) => {
+                let batch_size = ids.dims()[0];
+                let embedded = embedding.forward(ids.unsqueeze_dim(1));
+                first.project_input(embedded.reshape([batch_size as i64, -1]))
+            }
+            None => first.project_one_hot(ids),
+        }
+    }
+
+    /// The next-character logits after every position of `ids`.
+    ///
+    /// # Shapes
+    /// - ids: `[batch_size, seq_length]`, each below `vocab_size`
+    /// - logits: `[batch_size, seq_length, vocab_size]`
+    /// - state: carried in and out; zeros when `None`
+    pub fn forward(
+        &self,
+        ids: Tensor<2, Int>,
+        state: Option<RecurrentState>,
+    ) -> (Tensor<3>, RecurrentState) {
+        let [batch_size, seq_length] = ids.dims();
+        // Time-major ids, so each step is a contiguous row; slicing integer ids costs nothing in
+        // the backward pass, unlike slicing a float tensor that carries a gradient.
+        let ids_by_step = ids.swap_dims(0, 1);
+        let projected = (0..seq_length)
+            .map(|t| {
+                let step = ids_by_step.clone().slice([t..t + 1, 0..batch_size]);
+                self.project_ids(step.reshape([batch_size]))
+            })
+            .collect();
+        let (outputs, state) = self.rnn.forward_projected(projected, state);
+        let logits = self.head.forward(Tensor::stack(outputs, 1));
+        (logits, state)
+    }
+
+    /// One step: the logits after reading one character per stream.
+    ///
+    /// # Shapes
+    /// - ids: `[batch_size]`
+    /// - logits: `[batch_size, vocab_size]`
+    pub fn step(&self, ids: Tensor<1, Int>, state: RecurrentState) -> (Tensor<2>, RecurrentState) {
+        let (hidden, state) = self.rnn.step_projected(self.project_ids(ids), state);
+        (self.head.forward(hidden), state)
+    }
+
+    /// The mean cross-entropy, in nats per character, of `logits` against `targets`.
+    ///
+    /// # Shapes
+    /// - logits: `[batch_size, seq_length, vocab_size]`
+    /// - targets: `[batch_size, seq_length]`
+    /// - output: `[1]`
+    pub fn loss(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
+        let [batch_size, seq_length, vocab_size] = logits.dims();
+        let positions = batch_size * seq_length;
+        let log_probs = log_softmax(logits.reshape([positions, vocab_size]), 1);
+        let picked = log_probs.gather(1, targets.reshape([positions, 1]));
+        picked.mean().neg()
+    }
+
+    /// Runs `ids` and returns the mean cross-entropy against `targets` and the final state.
+    pub fn forward_loss(
+        &self,
+        ids: Tensor<2, Int>,
+        targets: Tensor<2, Int>,
+        state: Option<RecurrentState>,
+    ) -> (Tensor<1>, RecurrentState) {
+        let (logits, state) = self.forward(ids, state);
+        (Self::loss(logits, targets), state)
+    }
+}

@@ -1,0 +1,146 @@
+//! One recurrent layer with fused gate weights.
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::nn::Initializer;
+use burn::tensor::activation::{sigmoid, tanh};
+use burn::tensor::{Device, Int, Tensor};
+
+use crate::{CellKind, LayerState};
+
+/// Configuration to create a [`RecurrentLayer`] with [`RecurrentLayerConfig::init`].
+#[derive(Config, Debug)]
+pub struct RecurrentLayerConfig {
+    /// The recurrence the layer computes.
+    pub cell: CellKind,
+    /// The size of the input vector at each step.
+    pub d_input: usize,
+    /// The size of the hidden state.
+    pub d_hidden: usize,
+}
+
+/// One layer of a recurrent network: the RNN, LSTM or GRU update with all gates fused.
+///
+/// The weights are stored input-major (`[d_input, num_gates * d_hidden]`) so that one matmul per
+/// step computes every gate; the gate blocks follow PyTorch's row order (`i, f, g, o` for the
+/// LSTM, `r, z, n` for the GRU), so `weight_ih` is the transpose of PyTorch's `weight_ih_l{k}`.
+/// Initialised as PyTorch does, `U(-1/sqrt(d_hidden), 1/sqrt(d_hidden))` for every tensor.
+///
+/// Create it with [`RecurrentLayerConfig`].
+#[derive(Module, Debug)]
+pub struct RecurrentLayer {
+    /// Input-to-gates weights, `[d_input, num_gates * d_hidden]`.
+    pub weight_ih: Param<Tensor<2>>,
+    /// Hidden-to-gates weights, `[d_hidden, num_gates * d_hidden]`.
+    pub weight_hh: Param<Tensor<2>>,
+    /// Bias added to the input projection, `[num_gates * d_hidden]`.
+    pub bias_ih: Param<Tensor<1>>,
+    /// Bias added to the hidden projection, `[num_gates * d_hidden]` (inside the reset product for
+    /// the GRU's candidate gate).
+    pub bias_hh: Param<Tensor<1>>,
+    /// The recurrence.
+    #[module(skip)]
+    pub cell: CellKind,
+}
+
+impl RecurrentLayerConfig {
+    /// Initializes a new [`RecurrentLayer`].
+    pub fn init(&self, device: &Device) -> RecurrentLayer {
+        let bound = 1.0 / (self.d_hidden as f64).sqrt();
+        let init = Initializer::Uniform {
+            min: -bound,
+            max: bound,
+        };
+        let d_gates = self.cell.num_gates() * self.d_hidden;
+        RecurrentLayer {
+            weight_ih: init.init([self.d_input, d_gates], device),
+            weight_hh: init.init([self.d_hidden, d_gates], device),
+            bias_ih: init.init([d_gates], device),
+            bias_hh: init.init([d_gates], device),
+            cell: self.cell,
+        }
+    }
+}
+
+impl RecurrentLayer {
+    /// The size of the input vector.
+    pub fn d_input(&self) -> usize {
+        self.weight_ih.dims()[0]
+    }
+
+    /// The size of the hidden state.
+    pub fn d_hidden(&self) -> usize {
+        self.weight_hh.dims()[0]
+    }
+
+    /// The input projection `x W_ih + b_ih` of every gate.
+    ///
+    /// # Shapes
+    /// - input: `[batch_size, d_input]`
+    /// - output: `[batch_size, num_gates * d_hidden]`
+    pub fn project_input(&self, input: Tensor<2>) -> Tensor<2> {
+        input.matmul(self.weight_ih.val()) + self.bias_ih.val().unsqueeze()
+    }
+
+    /// The input projection of one-hot inputs: rows of `W_ih` picked by id, which is what the
+    /// matmul with a one-hot vector computes, without building the one-hot matrix.
+    ///
+    /// # Shapes
+    /// - ids: `[batch_size]`, each below `d_input`
+    /// - output: `[batch_size, num_gates * d_hidden]`
+    pub fn project_one_hot(&self, ids: Tensor<1, Int>) -> Tensor<2> {
+        self.weight_ih.val().select(0, ids) + self.bias_ih.val().unsqueeze()
+    }
+
+    /// One time step from an already projected input (see [`project_input`](Self::project_input)).
+    ///
+    /// # Shapes
+    /// - projected: `[batch_size, num_gates * d_hidden]`
+    /// - state and result: `[batch_size, d_hidden]` per tensor
+    pub fn step_projected(&self, projected: Tensor<2>, state: LayerState) -> LayerState {
+        let hidden_projected = state.hidden.clone().matmul(self.weight_hh.val())
+            + self.bias_hh.val().unsqueeze();
+        match self.cell {
+            CellKind::Rnn => LayerState {
+                hidden: tanh(projected + hidden_projected),
+                cell: None,
+            },
+            CellKind::Lstm => {
+                let [i, f, g, o] = chunks(projected + hidden_projected);
+                let previous_cell = state.cell.expect("an LSTM state has a cell vector");
+                let cell = sigmoid(f) * previous_cell + sigmoid(i) * tanh(g);
+                LayerState {
+                    hidden: sigmoid(o) * tanh(cell.clone()),
+                    cell: Some(cell),
+                }
+            }
+            CellKind::Gru => {
+                let [x_r, x_z, x_n] = chunks(projected);
+                let [h_r, h_z, h_n] = chunks(hidden_projected);
+                let reset = sigmoid(x_r + h_r);
+                let update = sigmoid(x_z + h_z);
+                let candidate = tanh(x_n + reset * h_n);
+                // h = (1 - z) * n + z * h_prev, written as n + z * (h_prev - n): one product fewer.
+                let hidden = candidate.clone() + update * (state.hidden - candidate);
+                LayerState { hidden, cell: None }
+            }
+        }
+    }
+
+    /// One time step.
+    ///
+    /// # Shapes
+    /// - input: `[batch_size, d_input]`
+    /// - state and result: `[batch_size, d_hidden]` per tensor
+    pub fn step(&self, input: Tensor<2>, state: LayerState) -> LayerState {
+        self.step_projected(self.project_input(input), state)
+    }
+}
+
+/// Splits fused gates `[batch, N * d_hidden]` into their `N` blocks.
+fn chunks<const N: usize>(gates: Tensor<2>) -> [Tensor<2>; N] {
+    gates
+        .chunk(N, 1)
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("the gate width is a multiple of {N}"))
+}

@@ -1,0 +1,175 @@
+//! Drawing text from a [`CharLm`], one character at a time.
+
+use burn::config::Config;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::{CharLm, RecurrentState};
+
+/// How the next character is chosen from the model's distribution.
+#[derive(Config, Debug)]
+pub struct SampleConfig {
+    /// Divides the logits before the softmax: below 1 is more conservative, above 1 more varied.
+    #[config(default = 1.0)]
+    pub temperature: f64,
+    /// Draw only among the `k` most likely characters; `None` draws among all.
+    pub top_k: Option<usize>,
+    /// Always take the most likely character (greedy decoding); ignores temperature and top-k.
+    #[config(default = false)]
+    pub argmax: bool,
+    /// Seed of the random generator: the same seed, model and prefix give the same text.
+    #[config(default = 0)]
+    pub seed: u64,
+}
+
+/// Why a sampler could not be started.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SampleError {
+    /// The prefix was empty: the model needs at least one character to read.
+    #[error("the prime text is empty: give at least one character to start from")]
+    EmptyPrime,
+    /// An id of the prefix is outside the vocabulary.
+    #[error("prime id {id} at position {position} is outside the vocabulary of {vocab_size}")]
+    IdOutOfVocab {
+        /// The offending id.
+        id: usize,
+        /// Its position in the prefix.
+        position: usize,
+        /// The vocabulary size.
+        vocab_size: usize,
+    },
+    /// The temperature was not a positive finite number.
+    #[error("temperature must be a positive number, got {0}")]
+    BadTemperature(f64),
+    /// Top-k was 0 or above the vocabulary size.
+    #[error("top-k must be between 1 and the vocabulary size {vocab_size}, got {top_k}")]
+    BadTopK {
+        /// The requested k.
+        top_k: usize,
+        /// The vocabulary size.
+        vocab_size: usize,
+    },
+}
+
+/// An endless iterator of sampled character ids; take as many as you need.
+///
+/// Created by [`CharLm::sampler`]. The model should be on a device without autodiff (see
+/// [`burn::module::Module::valid`]): sampling records no graph.
+pub struct Sampler<'a> {
+    model: &'a CharLm,
+    state: RecurrentState,
+    logits: Vec<f32>,
+    rng: ChaCha8Rng,
+    config: SampleConfig,
+    device: Device,
+}
+
+impl CharLm {
+    /// Reads `prime` from a zero state and returns an iterator over the characters that follow.
+    pub fn sampler(
+        &self,
+        prime: &[usize],
+        config: SampleConfig,
+        device: &Device,
+    ) -> Result<Sampler<'_>, SampleError> {
+        let vocab_size = self.vocab_size();
+        if prime.is_empty() {
+            return Err(SampleError::EmptyPrime);
+        }
+        if let Some((position, &id)) = prime.iter().enumerate().find(|(_, id)| **id >= vocab_size) {
+            return Err(SampleError::IdOutOfVocab {
+                id,
+                position,
+                vocab_size,
+            });
+        }
+        if !(config.temperature.is_finite() && config.temperature > 0.0) {
+            return Err(SampleError::BadTemperature(config.temperature));
+        }
+        if let Some(top_k) = config.top_k
+            && !(1..=vocab_size).contains(&top_k)
+        {
+            return Err(SampleError::BadTopK { top_k, vocab_size });
+        }
+
+        let ids: Vec<i64> = prime.iter().map(|&id| id as i64).collect();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, prime.len()]), device);
+        let (logits, state) = self.forward(ids, None);
+        let last = logits.slice([0..1, prime.len() - 1..prime.len()]);
+        Ok(Sampler {
+            model: self,
+            state,
+            logits: to_vec(last.reshape([vocab_size])),
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            config,
+            device: device.clone(),
+        })
+    }
+}
+
+impl Sampler<'_> {
+    /// The next-character distribution the sampler will draw from, after temperature and top-k.
+    pub fn probabilities(&self) -> Vec<f64> {
+        let temperature = self.config.temperature;
+        let mut scaled: Vec<f64> = self.logits.iter().map(|&l| l as f64 / temperature).collect();
+        if let Some(k) = self.config.top_k {
+            let mut sorted = scaled.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let threshold = sorted[k - 1];
+            // Ties at the threshold are kept, so at least k candidates remain.
+            for value in scaled.iter_mut().filter(|v| **v < threshold) {
+                *value = f64::NEG_INFINITY;
+            }
+        }
+        let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let exps: Vec<f64> = scaled.iter().map(|v| (v - max).exp()).collect();
+        let total: f64 = exps.iter().sum();
+        exps.into_iter().map(|e| e / total).collect()
+    }
+
+    fn choose(&mut self) -> usize {
+        if self.config.argmax {
+            return argmax(&self.logits);
+        }
+        let probabilities = self.probabilities();
+        let mut draw: f64 = self.rng.random();
+        for (id, p) in probabilities.iter().enumerate() {
+            draw -= p;
+            if draw < 0.0 {
+                return id;
+            }
+        }
+        // Rounding left a sliver of mass: take the last candidate with any.
+        probabilities.iter().rposition(|&p| p > 0.0).unwrap_or(0)
+    }
+}
+
+impl Iterator for Sampler<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        let id = self.choose();
+        let input = Tensor::<1, Int>::from_data(TensorData::new(vec![id as i64], [1]), &self.device);
+        let state = self.state.clone();
+        let (logits, state) = self.model.step(input, state);
+        self.state = state;
+        self.logits = to_vec(logits.reshape([self.model.vocab_size()]));
+        Some(id)
+    }
+}
+
+fn to_vec(logits: Tensor<1>) -> Vec<f32> {
+    logits
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .expect("float logits convert to f32")
+}
+
+fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
+        .map_or(0, |(i, _)| i)
+}

@@ -1,0 +1,351 @@
+//! PyTorch state dicts in and out.
+//!
+//! The reference layout is `nn.Embedding(V, E)` named `embedding`, an `nn.RNN`/`nn.LSTM`/`nn.GRU`
+//! (`batch_first=True`) named `rnn`, and `nn.Linear(H, V)` named `head`: keys `embedding.weight`,
+//! `rnn.{weight_ih,weight_hh,bias_ih,bias_hh}_l{k}`, `head.weight`, `head.bias`. A model
+//! without `embedding.weight` whose first layer reads `V` inputs is taken as one-hot.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::store::pytorch_reader::{self, PytorchReader};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::{CellKind, CharLm, CharLmConfig};
+
+/// Why a state dict could not be read, written or turned into a model.
+#[derive(Debug, thiserror::Error)]
+pub enum TorchError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The file is not a state dict this loader understands.
+    #[error("{path}: {message}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A key the layout needs is absent.
+    #[error("missing key `{0}` in the state dict")]
+    MissingKey(String),
+    /// A key is present with the wrong shape.
+    #[error("key `{key}` has shape {found:?}, expected {expected:?}")]
+    Shape {
+        /// The key.
+        key: String,
+        /// The shape the layout needs.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        found: Vec<usize>,
+    },
+    /// A key the layout does not have.
+    #[error("unexpected key `{0}` in the state dict (not part of the {1} layout)")]
+    UnexpectedKey(String, CellKind),
+    /// A tensor of an element type that is not floating point.
+    #[error("key `{key}` holds {dtype} values; only float tensors can be weights")]
+    Dtype {
+        /// The key.
+        key: String,
+        /// The element type found.
+        dtype: String,
+    },
+}
+
+/// A tensor held on the host in `f32`, in PyTorch's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    /// The shape, outermost first.
+    pub shape: Vec<usize>,
+    /// The values in row-major order.
+    pub values: Vec<f32>,
+}
+
+/// A PyTorch state dict: tensors by key, in `f32`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StateDict {
+    /// The tensors by their PyTorch key.
+    pub tensors: BTreeMap<String, HostTensor>,
+}
+
+impl StateDict {
+    /// Reads a `.safetensors` file or a `torch.save` pickle (`.pt`, `.pth`, `.bin`).
+    pub fn read(path: &Path) -> Result<Self, TorchError> {
+        let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+        if is_safetensors {
+            Self::read_safetensors(path)
+        } else {
+            Self::read_pickle(path)
+        }
+    }
+
+    fn read_safetensors(path: &Path) -> Result<Self, TorchError> {
+        let bytes = std::fs::read(path).map_err(|source| TorchError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| TorchError::Format {
+            path: path.to_path_buf(),
+            message: format!("not a valid safetensors file: {e}"),
+        })?;
+        let mut tensors = BTreeMap::new();
+        for (key, view) in file.tensors() {
+            let values = match view.dtype() {
+                safetensors::Dtype::F32 => le_values::<4>(view.data(), |b| f32::from_le_bytes(b)),
+                safetensors::Dtype::F64 => {
+                    le_values::<8>(view.data(), |b| f64::from_le_bytes(b) as f32)
+                }
+                other => {
+                    return Err(TorchError::Dtype {
+                        key,
+                        dtype: format!("{other:?}"),
+                    });
+                }
+            };
+            let shape = view.shape().to_vec();
+            tensors.insert(key, HostTensor { shape, values });
+        }
+        Ok(StateDict { tensors })
+    }
+
+    fn read_pickle(path: &Path) -> Result<Self, TorchError> {
+        let format_error = |message: String| TorchError::Format {
+            path: path.to_path_buf(),
+            message,
+        };
+        if !path.exists() {
+            return Err(TorchError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            });
+        }
+        let reader = PytorchReader::new(path)
+            .map_err(|e| format_error(format!("not a readable PyTorch file: {e}")))?;
+        let mut tensors = BTreeMap::new();
+        for (key, tensor) in reader.into_tensors() {
+            let bytes = tensor
+                .read()
+                .map_err(|e| format_error(format!("reading `{key}`: {e}")))?;
+            let values = match tensor.dtype() {
+                pytorch_reader::DType::F32 => le_values::<4>(&bytes, f32::from_le_bytes),
+                pytorch_reader::DType::F64 => {
+                    le_values::<8>(&bytes, |b| f64::from_le_bytes(b) as f32)
+                }
+                other => {
+                    return Err(TorchError::Dtype {
+                        key,
+                        dtype: format!("{other:?}"),
+                    });
+                }
+            };
+            let shape = tensor.shape().to_vec();
+            tensors.insert(key, HostTensor { shape, values });
+        }
+        Ok(StateDict { tensors })
+    }
+
+    /// Writes the tensors as a `.safetensors` file, `f32`, keys as they are.
+    pub fn write_safetensors(&self, path: &Path) -> Result<(), TorchError> {
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = self
+            .tensors
+            .iter()
+            .map(|(key, tensor)| {
+                let view = safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    tensor.shape.clone(),
+                    bytemuck_f32(&tensor.values),
+                )
+                .expect("a host tensor's byte length matches its shape");
+                (key.clone(), view)
+            })
+            .collect();
+        let bytes = safetensors::serialize(views, None).map_err(|e| TorchError::Format {
+            path: path.to_path_buf(),
+            message: format!("serializing: {e}"),
+        })?;
+        std::fs::write(path, bytes).map_err(|source| TorchError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// The tensor at `key`, checked to have `shape`.
+    pub fn expect(&self, key: &str, shape: &[usize]) -> Result<&HostTensor, TorchError> {
+        let tensor = self
+            .tensors
+            .get(key)
+            .ok_or_else(|| TorchError::MissingKey(key.to_string()))?;
+        if tensor.shape != shape {
+            return Err(TorchError::Shape {
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found: tensor.shape.clone(),
+            });
+        }
+        Ok(tensor)
+    }
+
+    fn shape_of(&self, key: &str, rank: usize) -> Result<&[usize], TorchError> {
+        let tensor = self
+            .tensors
+            .get(key)
+            .ok_or_else(|| TorchError::MissingKey(key.to_string()))?;
+        if tensor.shape.len() != rank {
+            return Err(TorchError::Shape {
+                key: key.to_string(),
+                expected: vec![0; rank],
+                found: tensor.shape.clone(),
+            });
+        }
+        Ok(&tensor.shape)
+    }
+}
+
+fn le_values<const N: usize>(bytes: &[u8], decode: impl Fn([u8; N]) -> f32) -> Vec<f32> {
+    bytes
+        .chunks_exact(N)
+        .map(|chunk| decode(chunk.try_into().expect("chunks_exact yields N bytes")))
+        .collect()
+}
+
+fn bytemuck_f32(values: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and any byte pattern is a valid u8; the slice covers exactly the
+    // values' memory, and safetensors stores little-endian, which is this target's order.
+    #[cfg(target_endian = "little")]
+    unsafe {
+        std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values))
+    }
+}
+
+fn layer_key(name: &str, k: usize) -> String {
+    format!("rnn.{name}_l{k}")
+}
+
+impl CharLm {
+    /// Builds a model from a state dict of the reference layout, inferring the vocabulary,
+    /// embedding, hidden size and number of layers from the tensors, and checking every shape.
+    pub fn from_state_dict(
+        state_dict: &StateDict,
+        cell: CellKind,
+        device: &Device,
+    ) -> Result<CharLm, TorchError> {
+        let [vocab_size, d_hidden] = dims2(state_dict.shape_of("head.weight", 2)?);
+        let d_embed = match state_dict.tensors.get("embedding.weight") {
+            Some(_) => dims2(state_dict.shape_of("embedding.weight", 2)?)[1],
+            None => 0,
+        };
+        let num_layers = (0..)
+            .take_while(|&k| state_dict.tensors.contains_key(&layer_key("weight_ih", k)))
+            .count();
+        if num_layers == 0 {
+            return Err(TorchError::MissingKey(layer_key("weight_ih", 0)));
+        }
+        let config = CharLmConfig::new(vocab_size, cell, d_hidden)
+            .with_num_layers(num_layers)
+            .with_d_embed(d_embed);
+        let mut model = config.init(device);
+
+        let known = model.state_dict_shapes();
+        if let Some(extra) = state_dict.tensors.keys().find(|k| !known.contains_key(*k)) {
+            return Err(TorchError::UnexpectedKey(extra.clone(), cell));
+        }
+        let get = |key: &str| state_dict.expect(key, &known[key]);
+
+        if let Some(embedding) = model.embedding.as_mut() {
+            embedding.weight = param2(get("embedding.weight")?, false, device);
+        }
+        for (k, layer) in model.rnn.layers.iter_mut().enumerate() {
+            layer.weight_ih = param2(get(&layer_key("weight_ih", k))?, true, device);
+            layer.weight_hh = param2(get(&layer_key("weight_hh", k))?, true, device);
+            layer.bias_ih = param1(get(&layer_key("bias_ih", k))?, device);
+            layer.bias_hh = param1(get(&layer_key("bias_hh", k))?, device);
+        }
+        model.head.weight = param2(get("head.weight")?, true, device);
+        model.head.bias = Some(param1(get("head.bias")?, device));
+        Ok(model)
+    }
+
+    /// The PyTorch key and shape of every parameter, in the reference layout.
+    pub fn state_dict_shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        let mut shapes = BTreeMap::new();
+        if let Some(embedding) = &self.embedding {
+            shapes.insert("embedding.weight".into(), embedding.weight.dims().to_vec());
+        }
+        for (k, layer) in self.rnn.layers.iter().enumerate() {
+            let [d_input, d_gates] = layer.weight_ih.dims();
+            let d_hidden = layer.d_hidden();
+            shapes.insert(layer_key("weight_ih", k), vec![d_gates, d_input]);
+            shapes.insert(layer_key("weight_hh", k), vec![d_gates, d_hidden]);
+            shapes.insert(layer_key("bias_ih", k), vec![d_gates]);
+            shapes.insert(layer_key("bias_hh", k), vec![d_gates]);
+        }
+        let [d_hidden, vocab_size] = self.head.weight.dims();
+        shapes.insert("head.weight".into(), vec![vocab_size, d_hidden]);
+        shapes.insert("head.bias".into(), vec![vocab_size]);
+        shapes
+    }
+
+    /// The model's parameters as a PyTorch state dict of the reference layout.
+    pub fn to_state_dict(&self) -> StateDict {
+        let mut tensors = BTreeMap::new();
+        let mut put = |key: String, tensor: HostTensor| {
+            tensors.insert(key, tensor);
+        };
+        if let Some(embedding) = &self.embedding {
+            put("embedding.weight".into(), host2(embedding.weight.val(), false));
+        }
+        for (k, layer) in self.rnn.layers.iter().enumerate() {
+            put(layer_key("weight_ih", k), host2(layer.weight_ih.val(), true));
+            put(layer_key("weight_hh", k), host2(layer.weight_hh.val(), true));
+            put(layer_key("bias_ih", k), host1(layer.bias_ih.val()));
+            put(layer_key("bias_hh", k), host1(layer.bias_hh.val()));
+        }
+        put("head.weight".into(), host2(self.head.weight.val(), true));
+        let bias = self.head.bias.as_ref().expect("the head has a bias").val();
+        put("head.bias".into(), host1(bias));
+        StateDict { tensors }
+    }
+}
+
+fn dims2(shape: &[usize]) -> [usize; 2] {
+    [shape[0], shape[1]]
+}
+
+/// A rank-2 parameter from PyTorch's `[out, in]` (transposed to Burn's `[in, out]` when asked).
+fn param2(tensor: &HostTensor, transpose: bool, device: &Device) -> Param<Tensor<2>> {
+    let data = TensorData::new(tensor.values.clone(), [tensor.shape[0], tensor.shape[1]]);
+    let value = Tensor::<2>::from_data(data, device);
+    Param::from_tensor(if transpose { value.transpose() } else { value })
+}
+
+fn param1(tensor: &HostTensor, device: &Device) -> Param<Tensor<1>> {
+    let data = TensorData::new(tensor.values.clone(), [tensor.shape[0]]);
+    Param::from_tensor(Tensor::from_data(data, device))
+}
+
+fn host2(value: Tensor<2>, transpose: bool) -> HostTensor {
+    let value = if transpose { value.transpose() } else { value };
+    HostTensor {
+        shape: value.dims().to_vec(),
+        values: host_values(value.into_data()),
+    }
+}
+
+fn host1(value: Tensor<1>) -> HostTensor {
+    HostTensor {
+        shape: value.dims().to_vec(),
+        values: host_values(value.into_data()),
+    }
+}
+
+fn host_values(data: TensorData) -> Vec<f32> {
+    data.try_into_vec_as::<f32>()
+        .expect("float parameters convert to f32")
+}
