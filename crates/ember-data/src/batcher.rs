@@ -170,7 +170,10 @@ mod tests {
     fn too_short_is_an_error() {
         let ids: Vec<u16> = (0..40).collect();
         let err = StreamBatcher::new(&ids, 4, 10, "train").unwrap_err();
-        assert!(err.to_string().contains("train split has 40 characters"), "{err}");
+        assert!(
+            err.to_string().contains("train split has 40 characters"),
+            "{err}"
+        );
         assert!(StreamBatcher::new(&ids, 0, 10, "train").is_err());
         assert!(StreamBatcher::new(&ids, 2, 0, "train").is_err());
     }

@@ -36,11 +36,7 @@ impl Corpus {
     }
 
     /// Reads `path`, refusing files over `max_bytes`; builds the vocabulary unless one is given.
-    pub fn load_with(
-        path: &Path,
-        vocab: Option<Vocab>,
-        max_bytes: u64,
-    ) -> Result<Self, DataError> {
+    pub fn load_with(path: &Path, vocab: Option<Vocab>, max_bytes: u64) -> Result<Self, DataError> {
         let io = |source| DataError::Io {
             path: path.to_path_buf(),
             source,
@@ -144,13 +140,19 @@ mod tests {
     fn invalid_utf8_names_the_byte_offset() {
         let file = file_with(b"hello \xff world");
         let err = Corpus::load(file.path()).unwrap_err();
-        assert!(matches!(err, DataError::InvalidUtf8 { offset: 6, .. }), "{err}");
+        assert!(
+            matches!(err, DataError::InvalidUtf8 { offset: 6, .. }),
+            "{err}"
+        );
     }
 
     #[test]
     fn empty_and_directory_and_missing_are_errors() {
         let file = file_with(b"");
-        assert!(matches!(Corpus::load(file.path()), Err(DataError::Empty { .. })));
+        assert!(matches!(
+            Corpus::load(file.path()),
+            Err(DataError::Empty { .. })
+        ));
         let dir = tempfile::tempdir().unwrap();
         let err = Corpus::load(dir.path()).unwrap_err();
         assert!(err.to_string().contains("directory"), "{err}");
@@ -162,7 +164,17 @@ mod tests {
     fn too_large_is_refused_before_reading() {
         let file = file_with(b"0123456789");
         let err = Corpus::load_with(file.path(), None, 5).unwrap_err();
-        assert!(matches!(err, DataError::TooLarge { bytes: 10, limit: 5, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                DataError::TooLarge {
+                    bytes: 10,
+                    limit: 5,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -170,7 +182,17 @@ mod tests {
         let file = file_with("abcé".as_bytes());
         let vocab = Vocab::from_text("abc").unwrap();
         let err = Corpus::load_with_vocab(file.path(), vocab).unwrap_err();
-        assert!(matches!(err, DataError::UnknownChar { ch: 'é', position: 3, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                DataError::UnknownChar {
+                    ch: 'é',
+                    position: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     /// The fixture's split: `n_train = int(0.9 * 1115394) = 1003854`, validation the remaining

@@ -65,7 +65,9 @@ pub enum DataError {
         message: String,
     },
     /// The split fractions are not valid.
-    #[error("split fractions must be in [0, 1) and sum to less than 1: validation {val}, test {test}")]
+    #[error(
+        "split fractions must be in [0, 1) and sum to less than 1: validation {val}, test {test}"
+    )]
     BadFractions {
         /// The validation fraction.
         val: f64,

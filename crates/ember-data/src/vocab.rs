@@ -63,7 +63,9 @@ impl Vocab {
                 others.insert(byte_or_char);
             }
         }
-        let ascii = (0u8..128).filter(|&b| seen_ascii[b as usize]).map(char::from);
+        let ascii = (0u8..128)
+            .filter(|&b| seen_ascii[b as usize])
+            .map(char::from);
         Self::new(ascii.chain(others))
     }
 
@@ -176,7 +178,17 @@ mod tests {
     fn unknown_char_is_named_with_its_position() {
         let vocab = Vocab::from_text("abc").unwrap();
         let err = vocab.encode("abxc").unwrap_err();
-        assert!(matches!(err, DataError::UnknownChar { ch: 'x', position: 2, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                DataError::UnknownChar {
+                    ch: 'x',
+                    position: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(err.to_string().contains("'x'"));
     }
 

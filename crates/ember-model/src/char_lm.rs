@@ -52,8 +52,8 @@ impl CharLmConfig {
             0 => self.vocab_size,
             d_embed => d_embed,
         };
-        let embedding =
-            (self.d_embed > 0).then(|| EmbeddingConfig::new(self.vocab_size, self.d_embed).init(device));
+        let embedding = (self.d_embed > 0)
+            .then(|| EmbeddingConfig::new(self.vocab_size, self.d_embed).init(device));
         let rnn = StackedRecurrentConfig::new(self.cell, d_input, self.d_hidden)
             .with_num_layers(self.num_layers)
             .with_dropout(self.dropout)

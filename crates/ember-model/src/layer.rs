@@ -98,8 +98,8 @@ impl RecurrentLayer {
     /// - projected: `[batch_size, num_gates * d_hidden]`
     /// - state and result: `[batch_size, d_hidden]` per tensor
     pub fn step_projected(&self, projected: Tensor<2>, state: LayerState) -> LayerState {
-        let hidden_projected = state.hidden.clone().matmul(self.weight_hh.val())
-            + self.bias_hh.val().unsqueeze();
+        let hidden_projected =
+            state.hidden.clone().matmul(self.weight_hh.val()) + self.bias_hh.val().unsqueeze();
         match self.cell {
             CellKind::Rnn => LayerState {
                 hidden: tanh(projected + hidden_projected),

@@ -112,7 +112,11 @@ impl Sampler<'_> {
     /// The next-character distribution the sampler will draw from, after temperature and top-k.
     pub fn probabilities(&self) -> Vec<f64> {
         let temperature = self.config.temperature;
-        let mut scaled: Vec<f64> = self.logits.iter().map(|&l| l as f64 / temperature).collect();
+        let mut scaled: Vec<f64> = self
+            .logits
+            .iter()
+            .map(|&l| l as f64 / temperature)
+            .collect();
         if let Some(k) = self.config.top_k {
             let mut sorted = scaled.clone();
             sorted.sort_by(|a, b| b.total_cmp(a));
@@ -150,7 +154,8 @@ impl Iterator for Sampler<'_> {
 
     fn next(&mut self) -> Option<usize> {
         let id = self.choose();
-        let input = Tensor::<1, Int>::from_data(TensorData::new(vec![id as i64], [1]), &self.device);
+        let input =
+            Tensor::<1, Int>::from_data(TensorData::new(vec![id as i64], [1]), &self.device);
         let state = self.state.clone();
         let (logits, state) = self.model.step(input, state);
         self.state = state;

@@ -46,7 +46,10 @@ impl StackedRecurrentConfig {
     /// # Panics
     /// If `num_layers` is 0 or `dropout` is outside `[0, 1)`.
     pub fn init(&self, device: &Device) -> StackedRecurrent {
-        assert!(self.num_layers > 0, "a recurrent stack needs at least one layer");
+        assert!(
+            self.num_layers > 0,
+            "a recurrent stack needs at least one layer"
+        );
         let layers = (0..self.num_layers)
             .map(|k| {
                 let d_input = if k == 0 { self.d_input } else { self.d_hidden };

@@ -91,10 +91,11 @@ impl StateDict {
             path: path.to_path_buf(),
             source,
         })?;
-        let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| TorchError::Format {
-            path: path.to_path_buf(),
-            message: format!("not a valid safetensors file: {e}"),
-        })?;
+        let file =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| TorchError::Format {
+                path: path.to_path_buf(),
+                message: format!("not a valid safetensors file: {e}"),
+            })?;
         let mut tensors = BTreeMap::new();
         for (key, view) in file.tensors() {
             let values = match view.dtype() {
@@ -299,11 +300,20 @@ impl CharLm {
             tensors.insert(key, tensor);
         };
         if let Some(embedding) = &self.embedding {
-            put("embedding.weight".into(), host2(embedding.weight.val(), false));
+            put(
+                "embedding.weight".into(),
+                host2(embedding.weight.val(), false),
+            );
         }
         for (k, layer) in self.rnn.layers.iter().enumerate() {
-            put(layer_key("weight_ih", k), host2(layer.weight_ih.val(), true));
-            put(layer_key("weight_hh", k), host2(layer.weight_hh.val(), true));
+            put(
+                layer_key("weight_ih", k),
+                host2(layer.weight_ih.val(), true),
+            );
+            put(
+                layer_key("weight_hh", k),
+                host2(layer.weight_hh.val(), true),
+            );
             put(layer_key("bias_ih", k), host1(layer.bias_ih.val()));
             put(layer_key("bias_hh", k), host1(layer.bias_hh.val()));
         }
