@@ -1,1 +1,266 @@
-fn main() {}
+//! `ember`: train, sample, evaluate and plot character-level recurrent networks.
+
+mod device;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use clap::{Args, Parser, Subcommand};
+use ember_model::SampleConfig;
+use ember_train::{MetricsRecord, Run, RunConfig, RunOutcome, Trainer, plot_losses};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(
+    name = "ember",
+    version,
+    about = "Recurrent neural networks on Burn: train, sample, evaluate"
+)]
+struct Cli {
+    /// The backend device: one of the backends compiled in (see `ember devices`); defaults to
+    /// BURN_DEVICE, else the fastest CPU backend.
+    #[arg(long, global = true)]
+    device: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model from a config file, or resume a run.
+    Train(TrainArgs),
+    /// Print text sampled from a run's newest checkpoint.
+    Sample(SampleArgs),
+    /// Print the loss of a run's model on a text file, as JSON.
+    Eval(EvalArgs),
+    /// Draw a run's training and validation loss curves as an SVG image in the run directory.
+    Plot(PlotArgs),
+    /// List the backends compiled into this binary.
+    Devices,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// The TOML config of a new run.
+    #[arg(long, conflicts_with = "resume", required_unless_present = "resume")]
+    config: Option<PathBuf>,
+    /// Resume the run in this directory from its newest checkpoint.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Override a config value, `section.key=value` (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Where the new run's checkpoints, config and metrics go (default: runs/<config name>).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    /// The run directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// Text the model reads before it starts writing (default: a newline).
+    #[arg(long, default_value = "\n")]
+    prime: String,
+    /// How many characters to write.
+    #[arg(long, default_value_t = 500)]
+    length: usize,
+    /// Below 1 is more conservative, above 1 more varied.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// Draw only among the k most likely characters.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Always take the most likely character.
+    #[arg(long)]
+    argmax: bool,
+    /// The random seed: the same seed gives the same text.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// The run directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// The text to evaluate on, read as one stream.
+    #[arg(long)]
+    text: PathBuf,
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// The run directory.
+    #[arg(long)]
+    run: PathBuf,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(error) = run(cli) {
+        // Library errors already name their cause; add only causes not yet said.
+        let mut message = error.to_string();
+        for cause in error.chain().skip(1) {
+            let cause = cause.to_string();
+            if !message.contains(&cause) {
+                message = format!("{message}: {cause}");
+            }
+        }
+        eprintln!("error: {message}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let interactive = std::io::stderr().is_terminal();
+    let level = if interactive { "warn" } else { "info" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp_secs()
+        .init();
+    if let Command::Devices = cli.command {
+        println!("{}", device::available().join("\n"));
+        return Ok(());
+    }
+    let device = device::select(cli.device.as_deref())?;
+    match cli.command {
+        Command::Train(args) => train(args, &device, interactive),
+        Command::Sample(args) => sample(args, &device),
+        Command::Eval(args) => eval(args, &device),
+        Command::Plot(args) => plot(args),
+        Command::Devices => unreachable!("handled above"),
+    }
+}
+
+fn train(args: TrainArgs, device: &burn::tensor::Device, interactive: bool) -> Result<()> {
+    let mut trainer = match (&args.config, &args.resume) {
+        (_, Some(run_dir)) => Trainer::resume(run_dir, &args.overrides, device)?,
+        (Some(config_path), None) => {
+            let config = RunConfig::load(config_path, &args.overrides)?;
+            let run_dir = args
+                .run_dir
+                .clone()
+                .unwrap_or_else(|| default_run_dir(config_path));
+            Trainer::create(config, &run_dir, device)?
+        }
+        (None, None) => bail!("give --config FILE for a new run or --resume DIR"),
+    };
+    let run_dir = match (&args.resume, &args.config) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(config_path)) => args
+            .run_dir
+            .clone()
+            .unwrap_or_else(|| default_run_dir(config_path)),
+        (None, None) => unreachable!("checked above"),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler_stop = stop.clone();
+    ctrlc::set_handler(move || {
+        if handler_stop.swap(true, Ordering::SeqCst) {
+            // A second Ctrl-C: leave at once; the last checkpoint on disk is intact.
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping: saving a checkpoint (Ctrl-C again to quit at once)");
+    })
+    .context("installing the Ctrl-C handler")?;
+
+    let total = trainer.config().train.steps;
+    let bar = if interactive {
+        ProgressBar::new(total)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  eta {eta}")
+            .expect("a valid template"),
+    );
+    bar.set_position(trainer.step());
+    let mut last_val: Option<f64> = None;
+    let outcome = trainer.run(&stop, |record: &MetricsRecord| {
+        last_val = record.val_loss.or(last_val);
+        bar.set_position(record.step);
+        bar.set_message(format!(
+            "loss {:.4}  val {}  {:.0} chars/s",
+            record.loss,
+            last_val.map_or("-".into(), |v| format!("{v:.4}")),
+            record.chars_per_sec
+        ));
+    })?;
+    bar.finish_and_clear();
+    match outcome {
+        RunOutcome::Finished => println!(
+            "trained {} steps; run in {} (sample it: ember sample --run {})",
+            trainer.step(),
+            run_dir.display(),
+            run_dir.display()
+        ),
+        RunOutcome::Interrupted => println!(
+            "stopped at step {}; checkpoint saved (resume: ember train --resume {})",
+            trainer.step(),
+            run_dir.display()
+        ),
+    }
+    Ok(())
+}
+
+fn default_run_dir(config_path: &Path) -> PathBuf {
+    let stem = config_path
+        .file_stem()
+        .map_or("run".into(), |s| s.to_string_lossy().into_owned());
+    PathBuf::from("runs").join(stem)
+}
+
+fn sample(args: SampleArgs, device: &burn::tensor::Device) -> Result<()> {
+    if args.length == 0 {
+        bail!("--length must be at least 1");
+    }
+    let run = Run::open(&args.run, device)?;
+    let unknown = run.vocab.unknown_chars(&args.prime);
+    if !unknown.is_empty() {
+        bail!(
+            "--prime has characters outside the run's vocabulary: {}",
+            unknown
+                .iter()
+                .map(|c| format!("{c:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let prime: Vec<usize> = run
+        .vocab
+        .encode(&args.prime)?
+        .into_iter()
+        .map(usize::from)
+        .collect();
+    let config = SampleConfig::new()
+        .with_temperature(args.temperature)
+        .with_top_k(args.top_k)
+        .with_argmax(args.argmax)
+        .with_seed(args.seed);
+    let model = run.model.valid();
+    let sampler = model.sampler(&prime, config, device)?;
+    let text = run.vocab.decode(sampler.take(args.length))?;
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}{}", args.prime, text)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn eval(args: EvalArgs, device: &burn::tensor::Device) -> Result<()> {
+    let run = Run::open(&args.run, device)?;
+    let report = run.evaluate_file(&args.text, 256, device)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+fn plot(args: PlotArgs) -> Result<()> {
+    let out = args.run.join("loss.svg");
+    let points = plot_losses(&args.run, &out)?;
+    println!("{} ({points} points)", out.display());
+    Ok(())
+}

@@ -1,1 +1,21 @@
+//! Training Ember's character models: the run config, the truncated-BPTT loop, atomic
+//! checkpoints that resume exactly, evaluation and loss plots.
+#![warn(missing_docs)]
 
+mod checkpoint;
+pub mod clip;
+mod config;
+mod error;
+mod plot;
+mod run;
+mod trainer;
+
+pub use checkpoint::{Checkpoint, CheckpointDir, Progress, write_atomically};
+pub use config::{DataConfig, ModelConfig, OptimizerConfig, OptimizerKind, RunConfig, TrainConfig};
+pub use error::TrainError;
+pub use plot::plot_losses;
+pub use run::{EvalReport, Run};
+pub use trainer::{
+    CONFIG_FILE, METRICS_FILE, MetricsRecord, RunOutcome, Trainer, VOCAB_FILE, chunk_tensors,
+    mean_loss, model_config, optimizer_for,
+};

@@ -1,0 +1,305 @@
+//! Checkpoints: written whole into a temporary directory, then renamed into place, so a crash
+//! during a save never leaves a broken checkpoint under a checkpoint's name.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::optim::ModuleOptimizer;
+use burn::store::ModuleRecord;
+use burn::tensor::{Device, Tensor, TensorData};
+use ember_data::Cursor;
+use ember_model::torch::{HostTensor, StateDict};
+use ember_model::{CharLm, LayerState, RecurrentState};
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+use crate::error::io_error;
+
+const MODEL_FILE: &str = "model.bpk";
+const OPTIMIZER_FILE: &str = "optimizer.bpk";
+const CARRIED_FILE: &str = "carried_state.safetensors";
+const PROGRESS_FILE: &str = "progress.json";
+
+/// Where training stands: everything besides tensors that a resumed run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// The next training chunk.
+    pub cursor: Cursor,
+    /// The lowest validation loss seen so far and its step.
+    pub best: Option<(u64, f64)>,
+    /// Training characters consumed, for throughput figures.
+    pub chars_seen: u64,
+}
+
+/// What a checkpoint restores.
+pub struct Checkpoint {
+    /// The model weights.
+    pub model: CharLm,
+    /// The optimizer with its state.
+    pub optimizer: ModuleOptimizer,
+    /// The hidden state carried into the next chunk, if any.
+    pub carried: Option<RecurrentState>,
+    /// The counters.
+    pub progress: Progress,
+}
+
+/// The checkpoints of a run directory.
+#[derive(Debug, Clone)]
+pub struct CheckpointDir {
+    root: PathBuf,
+}
+
+impl CheckpointDir {
+    /// The checkpoints under `run_dir/checkpoints`.
+    pub fn new(run_dir: &Path) -> Self {
+        CheckpointDir {
+            root: run_dir.join("checkpoints"),
+        }
+    }
+
+    fn step_dir(&self, step: u64) -> PathBuf {
+        self.root.join(format!("step-{step:08}"))
+    }
+
+    /// The steps of the complete checkpoints, oldest first.
+    pub fn steps(&self) -> Vec<u64> {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        let mut steps: Vec<u64> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+            .collect();
+        steps.sort_unstable();
+        steps
+    }
+
+    /// Writes a checkpoint atomically and returns its directory.
+    pub fn save(
+        &self,
+        model: &CharLm,
+        optimizer: &ModuleOptimizer,
+        carried: Option<&RecurrentState>,
+        progress: &Progress,
+    ) -> Result<PathBuf, TrainError> {
+        fs::create_dir_all(&self.root).map_err(io_error(&self.root))?;
+        let final_dir = self.step_dir(progress.step);
+        let partial = self
+            .root
+            .join(format!(".partial-step-{:08}", progress.step));
+        if partial.exists() {
+            fs::remove_dir_all(&partial).map_err(io_error(&partial))?;
+        }
+        fs::create_dir(&partial).map_err(io_error(&partial))?;
+        let record_error = |path: &Path, e: burn::store::RecordError| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+
+        let model_path = partial.join(MODEL_FILE);
+        model
+            .clone()
+            .into_record()
+            .save(&model_path)
+            .map_err(|e| record_error(&model_path, e))?;
+        let optimizer_path = partial.join(OPTIMIZER_FILE);
+        optimizer
+            .save(&optimizer_path)
+            .map_err(|e| record_error(&optimizer_path, e))?;
+        if let Some(carried) = carried {
+            let carried_path = partial.join(CARRIED_FILE);
+            carried_state_dict(carried).write_safetensors(&carried_path)?;
+        }
+        let progress_path = partial.join(PROGRESS_FILE);
+        let json = serde_json::to_string_pretty(progress).expect("progress serializes");
+        write_synced(&progress_path, json.as_bytes())?;
+        for file in [MODEL_FILE, OPTIMIZER_FILE, CARRIED_FILE] {
+            sync_file(&partial.join(file))?;
+        }
+        sync_dir(&partial)?;
+
+        if final_dir.exists() {
+            fs::remove_dir_all(&final_dir).map_err(io_error(&final_dir))?;
+        }
+        fs::rename(&partial, &final_dir).map_err(io_error(&final_dir))?;
+        sync_dir(&self.root)?;
+        log::info!("checkpoint {}", final_dir.display());
+        Ok(final_dir)
+    }
+
+    /// Loads the newest checkpoint that loads completely, skipping (and reporting) damaged ones.
+    pub fn load_latest(
+        &self,
+        template: CharLm,
+        optimizer: ModuleOptimizer,
+        device: &Device,
+    ) -> Result<Checkpoint, TrainError> {
+        let mut last_error = None;
+        for step in self.steps().into_iter().rev() {
+            match self.load(step, template.clone(), optimizer.clone(), device) {
+                Ok(checkpoint) => return Ok(checkpoint),
+                Err(e) => {
+                    log::warn!("skipping checkpoint at step {step}: {e}");
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| TrainError::NoCheckpoint(self.root.clone())))
+    }
+
+    /// Loads the checkpoint of `step` into `template` (a model of the run's architecture).
+    pub fn load(
+        &self,
+        step: u64,
+        template: CharLm,
+        optimizer: ModuleOptimizer,
+        device: &Device,
+    ) -> Result<Checkpoint, TrainError> {
+        let dir = self.step_dir(step);
+        let damaged = |path: &Path, message: String| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            message,
+        };
+        let progress_path = dir.join(PROGRESS_FILE);
+        let json = fs::read_to_string(&progress_path).map_err(io_error(&progress_path))?;
+        let progress: Progress =
+            serde_json::from_str(&json).map_err(|e| damaged(&progress_path, e.to_string()))?;
+
+        let model_path = dir.join(MODEL_FILE);
+        let record =
+            ModuleRecord::load(&model_path).map_err(|e| damaged(&model_path, e.to_string()))?;
+        let model = template
+            .try_load_record(record)
+            .map_err(|e| TrainError::Mismatch {
+                path: model_path.clone(),
+                message: format!("does not fit this run's model: {e}"),
+            })?;
+
+        let optimizer_path = dir.join(OPTIMIZER_FILE);
+        let optimizer = optimizer
+            .load(&optimizer_path)
+            .map_err(|e| damaged(&optimizer_path, e.to_string()))?;
+
+        let carried_path = dir.join(CARRIED_FILE);
+        let carried = if carried_path.exists() {
+            let state_dict = StateDict::read(&carried_path)?;
+            Some(
+                carried_from_state_dict(&state_dict, &model, device)
+                    .map_err(|m| damaged(&carried_path, m))?,
+            )
+        } else {
+            None
+        };
+        Ok(Checkpoint {
+            model,
+            optimizer,
+            carried,
+            progress,
+        })
+    }
+
+    /// Removes all but the newest `keep` checkpoints and `also_keep`.
+    pub fn prune(&self, keep: usize, also_keep: Option<u64>) -> Result<(), TrainError> {
+        let steps = self.steps();
+        let cut = steps.len().saturating_sub(keep);
+        for &step in &steps[..cut] {
+            if Some(step) != also_keep {
+                let dir = self.step_dir(step);
+                fs::remove_dir_all(&dir).map_err(io_error(&dir))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn carried_state_dict(state: &RecurrentState) -> StateDict {
+    let host = |tensor: &Tensor<2>| HostTensor {
+        shape: tensor.dims().to_vec(),
+        values: tensor
+            .to_data()
+            .try_into_vec_as::<f32>()
+            .expect("float state converts to f32"),
+    };
+    let mut state_dict = StateDict::default();
+    for (k, layer) in state.layers.iter().enumerate() {
+        state_dict
+            .tensors
+            .insert(format!("hidden_l{k}"), host(&layer.hidden));
+        if let Some(cell) = &layer.cell {
+            state_dict.tensors.insert(format!("cell_l{k}"), host(cell));
+        }
+    }
+    state_dict
+}
+
+fn carried_from_state_dict(
+    state_dict: &StateDict,
+    model: &CharLm,
+    device: &Device,
+) -> Result<RecurrentState, String> {
+    let d_hidden = model.rnn.d_hidden();
+    let tensor = |key: &str| -> Result<Tensor<2>, String> {
+        let host = state_dict
+            .tensors
+            .get(key)
+            .ok_or_else(|| format!("missing `{key}`"))?;
+        if host.shape.len() != 2 || host.shape[1] != d_hidden {
+            return Err(format!(
+                "`{key}` has shape {:?}, expected [_, {d_hidden}]",
+                host.shape
+            ));
+        }
+        let data = TensorData::new(host.values.clone(), [host.shape[0], d_hidden]);
+        Ok(Tensor::from_data(data, device))
+    };
+    let has_cell = model.rnn.cell().has_cell_state();
+    let layers = (0..model.rnn.num_layers())
+        .map(|k| {
+            Ok(LayerState {
+                hidden: tensor(&format!("hidden_l{k}"))?,
+                cell: if has_cell {
+                    Some(tensor(&format!("cell_l{k}"))?)
+                } else {
+                    None
+                },
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(RecurrentState { layers })
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, synced to disk.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let temporary = path.with_file_name(format!(".{file_name}.tmp"));
+    write_synced(&temporary, bytes)?;
+    fs::rename(&temporary, path).map_err(io_error(path))?;
+    if let Some(parent) = path.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let mut file = fs::File::create(path).map_err(io_error(path))?;
+    file.write_all(bytes).map_err(io_error(path))?;
+    file.sync_all().map_err(io_error(path))
+}
+
+fn sync_file(path: &Path) -> Result<(), TrainError> {
+    match fs::File::open(path) {
+        Ok(file) => file.sync_all().map_err(io_error(path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error(path)(e)),
+    }
+}
+
+fn sync_dir(path: &Path) -> Result<(), TrainError> {
+    fs::File::open(path)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io_error(path))
+}

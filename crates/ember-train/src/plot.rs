@@ -1,0 +1,86 @@
+//! The loss curves of a run, drawn as an SVG image.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::TrainError;
+use crate::trainer::{METRICS_FILE, MetricsRecord};
+
+/// Reads `metrics.jsonl` of `run_dir` and draws training and validation loss against steps into
+/// `out` (SVG). Returns the number of points drawn.
+pub fn plot_losses(run_dir: &Path, out: &Path) -> Result<usize, TrainError> {
+    let metrics_path = run_dir.join(METRICS_FILE);
+    let text = std::fs::read_to_string(&metrics_path).map_err(|source| TrainError::Io {
+        path: metrics_path.clone(),
+        source,
+    })?;
+    let mut records = Vec::new();
+    for (number, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let record: MetricsRecord = serde_json::from_str(line).map_err(|e| TrainError::Plot {
+            path: metrics_path.clone(),
+            message: format!("line {}: {e}", number + 1),
+        })?;
+        records.push(record);
+    }
+    let train: Vec<(f64, f64)> = records.iter().map(|r| (r.step as f64, r.loss)).collect();
+    let val: Vec<(f64, f64)> = records
+        .iter()
+        .filter_map(|r| Some((r.step as f64, r.val_loss?)))
+        .collect();
+    if train.is_empty() {
+        return Err(TrainError::Plot {
+            path: metrics_path,
+            message: "no metrics yet: train first".into(),
+        });
+    }
+    let plot_error = |e: &dyn std::fmt::Display| TrainError::Plot {
+        path: out.to_path_buf(),
+        message: e.to_string(),
+    };
+    let max_step = train.iter().map(|p| p.0).fold(1.0, f64::max);
+    let losses = train.iter().chain(&val).map(|p| p.1);
+    let (low, high) = losses.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+
+    let root = SVGBackend::new(out, (900, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_error(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("loss (nats per character)", ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..max_step, (low * 0.95)..(high * 1.05))
+        .map_err(|e| plot_error(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("loss")
+        .draw()
+        .map_err(|e| plot_error(&e))?;
+    chart
+        .draw_series(LineSeries::new(train.iter().copied(), &BLUE))
+        .map_err(|e| plot_error(&e))?
+        .label("train")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE));
+    if !val.is_empty() {
+        chart
+            .draw_series(LineSeries::new(val.iter().copied(), &RED))
+            .map_err(|e| plot_error(&e))?
+            .label("validation")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| plot_error(&e))?;
+    root.present().map_err(|e| plot_error(&e))?;
+    Ok(train.len() + val.len())
+}

@@ -1,0 +1,461 @@
+//! The truncated-BPTT training loop.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{
+    AdaGradConfig, AdamConfig, GradientsParams, ModuleOptimizer, RmsPropConfig, SgdConfig,
+    momentum::MomentumConfig,
+};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use ember_data::{Chunk, Corpus, Cursor, Splits, StreamBatcher, Vocab};
+use ember_model::{CharLm, CharLmConfig, RecurrentState};
+use fs2::FileExt;
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+use crate::checkpoint::{CheckpointDir, Progress, write_atomically};
+use crate::clip::{clip_grad_norm, clip_grad_value};
+use crate::config::{OptimizerKind, RunConfig};
+use crate::error::io_error;
+
+/// The resolved config of a run, inside its directory.
+pub const CONFIG_FILE: &str = "config.toml";
+/// The vocabulary of a run, inside its directory.
+pub const VOCAB_FILE: &str = "vocab.json";
+/// One JSON object per logged step, inside the run directory.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+const LOCK_FILE: &str = "lock";
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRecord {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// The training loss of this step's chunk, nats per character.
+    pub loss: f64,
+    /// The learning rate of this step.
+    pub lr: f64,
+    /// The global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Training throughput since the previous record.
+    pub chars_per_sec: f64,
+    /// The validation loss, where evaluated at this step.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub val_loss: Option<f64>,
+    /// The epoch of this step's chunk.
+    pub epoch: u64,
+}
+
+/// What ended a call to [`Trainer::run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// `train.steps` were reached.
+    Finished,
+    /// The stop flag was raised; a checkpoint was written.
+    Interrupted,
+}
+
+/// A model, its optimizer and its data, in a run directory, trained chunk by chunk with the hidden
+/// state of every stream carried across chunk boundaries and detached there.
+pub struct Trainer {
+    config: RunConfig,
+    run_dir: PathBuf,
+    device: Device,
+    model: CharLm,
+    optimizer: ModuleOptimizer,
+    train: StreamBatcher,
+    val: Option<StreamBatcher>,
+    vocab: Vocab,
+    progress: Progress,
+    carried: Option<RecurrentState>,
+    checkpoints: CheckpointDir,
+    _lock: File,
+}
+
+impl Trainer {
+    /// Starts a new run in `run_dir` (created; it must not hold a run already).
+    pub fn create(config: RunConfig, run_dir: &Path, device: &Device) -> Result<Self, TrainError> {
+        if run_dir.join(CONFIG_FILE).exists() {
+            return Err(TrainError::RunExists(run_dir.to_path_buf()));
+        }
+        let corpus = Corpus::load(&config.data.path)?;
+        fs::create_dir_all(run_dir).map_err(io_error(run_dir))?;
+        let lock = lock_run_dir(run_dir)?;
+        corpus.vocab.save(&run_dir.join(VOCAB_FILE))?;
+        write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+        let _ = fs::remove_file(run_dir.join(METRICS_FILE));
+
+        let train_device = device.clone().autodiff();
+        train_device.seed(config.train.seed);
+        let model = model_config(&config, corpus.vocab.len()).init(&train_device);
+        let optimizer = optimizer_for(&config);
+        let progress = Progress {
+            step: 0,
+            cursor: Cursor::default(),
+            best: None,
+            chars_seen: 0,
+        };
+        Self::assemble(
+            config, run_dir, device, corpus, model, optimizer, progress, None, lock,
+        )
+    }
+
+    /// Reopens the run in `run_dir` at its newest intact checkpoint; `overrides` may change
+    /// `train.*` settings such as `train.steps`.
+    pub fn resume(
+        run_dir: &Path,
+        overrides: &[String],
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        if !run_dir.is_dir() {
+            return Err(TrainError::Io {
+                path: run_dir.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such run directory"),
+            });
+        }
+        let lock = lock_run_dir(run_dir)?;
+        let saved = RunConfig::load(&run_dir.join(CONFIG_FILE), &[])?;
+        let config = RunConfig::load(&run_dir.join(CONFIG_FILE), overrides)?;
+        if config.data != saved.data || config.model != saved.model {
+            return Err(TrainError::Config {
+                origin: "--set".into(),
+                message: "a resumed run keeps its [data] and [model]; only [train] and [optimizer] may change".into(),
+            });
+        }
+        let vocab = Vocab::load(&run_dir.join(VOCAB_FILE))?;
+        let corpus = Corpus::load_with_vocab(&config.data.path, vocab)?;
+        let train_device = device.clone().autodiff();
+        let template = model_config(&config, corpus.vocab.len()).init(&train_device);
+        let checkpoints = CheckpointDir::new(run_dir);
+        let checkpoint =
+            checkpoints.load_latest(template, optimizer_for(&config), &train_device)?;
+        log::info!(
+            "resuming {} at step {}",
+            run_dir.display(),
+            checkpoint.progress.step
+        );
+        truncate_metrics(&run_dir.join(METRICS_FILE), checkpoint.progress.step)?;
+        write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+        Self::assemble(
+            config,
+            run_dir,
+            device,
+            corpus,
+            checkpoint.model,
+            checkpoint.optimizer,
+            checkpoint.progress,
+            checkpoint.carried,
+            lock,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        config: RunConfig,
+        run_dir: &Path,
+        device: &Device,
+        corpus: Corpus,
+        model: CharLm,
+        optimizer: ModuleOptimizer,
+        progress: Progress,
+        carried: Option<RecurrentState>,
+        lock: File,
+    ) -> Result<Self, TrainError> {
+        let splits = Splits::by_fraction(
+            corpus.len(),
+            config.data.val_fraction,
+            config.data.test_fraction,
+        )?;
+        let (batch_size, seq_len) = (config.data.batch_size, config.data.seq_len);
+        let train = StreamBatcher::new(
+            &corpus.ids[splits.train.clone()],
+            batch_size,
+            seq_len,
+            "train",
+        )?;
+        let val = if splits.val.is_empty() {
+            None
+        } else {
+            Some(StreamBatcher::new(
+                &corpus.ids[splits.val.clone()],
+                batch_size,
+                seq_len,
+                "validation",
+            )?)
+        };
+        Ok(Trainer {
+            checkpoints: CheckpointDir::new(run_dir),
+            config,
+            run_dir: run_dir.to_path_buf(),
+            device: device.clone(),
+            model,
+            optimizer,
+            train,
+            val,
+            vocab: corpus.vocab,
+            progress,
+            carried,
+            _lock: lock,
+        })
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &RunConfig {
+        &self.config
+    }
+
+    /// Steps taken so far.
+    pub fn step(&self) -> u64 {
+        self.progress.step
+    }
+
+    /// The vocabulary.
+    pub fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &CharLm {
+        &self.model
+    }
+
+    /// The learning rate at `step`: `lr * lr_decay ^ floor(step / lr_decay_every)`.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        let optimizer = &self.config.optimizer;
+        let decays = step / optimizer.lr_decay_every as u64;
+        optimizer.lr * optimizer.lr_decay.powi(decays.min(i32::MAX as u64) as i32)
+    }
+
+    /// One optimizer step on the next chunk. Returns the chunk's loss and the gradient norm.
+    pub fn train_step(&mut self) -> Result<(f64, f64), TrainError> {
+        let train_device = self.device.clone().autodiff();
+        let chunk = self.train.next_chunk(&mut self.progress.cursor);
+        let step = self.progress.step;
+        // Dropout draws from the device generator: seeding it from the step makes a resumed run
+        // draw the same masks as an uninterrupted one.
+        train_device.seed(
+            self.config
+                .train
+                .seed
+                .wrapping_add(step.wrapping_mul(0x9E37_79B9)),
+        );
+        let state = match self.carried.take() {
+            Some(state) if !chunk.starts_epoch => state.detach(),
+            _ => self.model.zero_state(chunk.batch_size, &train_device),
+        };
+        let (inputs, targets) = chunk_tensors(&chunk, &train_device);
+        let (loss, state) = self.model.forward_loss(inputs, targets, Some(state));
+        let loss_value = loss.clone().into_scalar::<f64>();
+        if !loss_value.is_finite() {
+            return Err(TrainError::NonFiniteLoss {
+                step: step + 1,
+                loss: loss_value,
+            });
+        }
+        let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        let optimizer_config = &self.config.optimizer;
+        if optimizer_config.grad_clip_value > 0.0 {
+            clip_grad_value(&self.model, &mut grads, optimizer_config.grad_clip_value);
+        }
+        let grad_norm = clip_grad_norm(&self.model, &mut grads, optimizer_config.grad_clip_norm);
+        let lr = self.lr_at(step);
+        let model = self.model.clone();
+        self.model = self.optimizer.step(lr, model, grads);
+        self.carried = Some(state.detach());
+        self.progress.step += 1;
+        self.progress.chars_seen += (chunk.batch_size * chunk.seq_len) as u64;
+        Ok((loss_value, grad_norm))
+    }
+
+    /// The mean validation loss (nats per character) over `train.eval_chunks` chunks of the
+    /// validation streams, from a zero state, without gradients; the training state is untouched.
+    pub fn evaluate(&self) -> Option<f64> {
+        let val = self.val.as_ref()?;
+        let limit = match self.config.train.eval_chunks {
+            0 => usize::MAX,
+            n => n,
+        };
+        Some(mean_loss(
+            &self.model.valid(),
+            val.all_chunks().take(limit),
+            &self.device,
+        ))
+    }
+
+    /// Writes a checkpoint of the current state and prunes old ones.
+    pub fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
+        let dir = self.checkpoints.save(
+            &self.model,
+            &self.optimizer,
+            self.carried.as_ref(),
+            &self.progress,
+        )?;
+        let best_step = self.progress.best.map(|(step, _)| step);
+        self.checkpoints
+            .prune(self.config.train.keep_checkpoints, best_step)?;
+        Ok(dir)
+    }
+
+    /// Trains until `train.steps` or until `stop` is raised, logging metrics and writing
+    /// checkpoints; `on_record` sees every metrics line as it is written.
+    pub fn run(
+        &mut self,
+        stop: &AtomicBool,
+        mut on_record: impl FnMut(&MetricsRecord),
+    ) -> Result<RunOutcome, TrainError> {
+        let train_config = self.config.train.clone();
+        let metrics_path = self.run_dir.join(METRICS_FILE);
+        let mut metrics = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(io_error(&metrics_path))?;
+        let mut interval_start = Instant::now();
+        let mut interval_chars = self.progress.chars_seen;
+        while self.progress.step < train_config.steps {
+            if stop.load(Ordering::SeqCst) {
+                self.save_checkpoint()?;
+                return Ok(RunOutcome::Interrupted);
+            }
+            let lr = self.lr_at(self.progress.step);
+            let epoch = self.progress.cursor.epoch;
+            let (loss, grad_norm) = self.train_step()?;
+            let step = self.progress.step;
+
+            let val_loss = if train_config.eval_every > 0 && step % train_config.eval_every == 0 {
+                self.evaluate()
+            } else {
+                None
+            };
+            if let Some(val_loss) = val_loss
+                && self.progress.best.is_none_or(|(_, best)| val_loss < best)
+            {
+                self.progress.best = Some((step, val_loss));
+            }
+            if step % train_config.log_every == 0
+                || val_loss.is_some()
+                || step == train_config.steps
+            {
+                let seconds = interval_start.elapsed().as_secs_f64().max(1e-9);
+                let record = MetricsRecord {
+                    step,
+                    loss,
+                    lr,
+                    grad_norm,
+                    chars_per_sec: (self.progress.chars_seen - interval_chars) as f64 / seconds,
+                    val_loss,
+                    epoch,
+                };
+                interval_start = Instant::now();
+                interval_chars = self.progress.chars_seen;
+                let line = serde_json::to_string(&record).expect("metrics serialize");
+                writeln!(metrics, "{line}").map_err(io_error(&metrics_path))?;
+                metrics.flush().map_err(io_error(&metrics_path))?;
+                log::info!(
+                    "step {step} loss {loss:.4} lr {lr:.2e} grad_norm {grad_norm:.3}{}",
+                    val_loss
+                        .map(|v| format!(" val_loss {v:.4}"))
+                        .unwrap_or_default()
+                );
+                on_record(&record);
+            }
+            if step % train_config.checkpoint_every == 0 || step == train_config.steps {
+                self.save_checkpoint()?;
+            }
+        }
+        Ok(RunOutcome::Finished)
+    }
+}
+
+/// The config of the model a run trains.
+pub fn model_config(config: &RunConfig, vocab_size: usize) -> CharLmConfig {
+    CharLmConfig::new(vocab_size, config.model.cell, config.model.d_hidden)
+        .with_num_layers(config.model.num_layers)
+        .with_d_embed(config.model.d_embed)
+        .with_dropout(config.model.dropout)
+}
+
+/// The optimizer a run's config names.
+pub fn optimizer_for(config: &RunConfig) -> ModuleOptimizer {
+    let optimizer = &config.optimizer;
+    let epsilon = optimizer.epsilon as f32;
+    match optimizer.kind {
+        OptimizerKind::Adam => AdamConfig::new().with_epsilon(epsilon).init(),
+        OptimizerKind::Adagrad => AdaGradConfig::new().with_epsilon(epsilon).init(),
+        OptimizerKind::Rmsprop => RmsPropConfig::new()
+            .with_alpha(optimizer.rmsprop_alpha as f32)
+            .with_momentum(optimizer.momentum as f32)
+            .with_epsilon(epsilon)
+            .init(),
+        OptimizerKind::Sgd => {
+            let momentum = (optimizer.momentum > 0.0).then(|| {
+                MomentumConfig::new()
+                    .with_momentum(optimizer.momentum)
+                    .with_dampening(0.0)
+            });
+            SgdConfig::new().with_momentum(momentum).init()
+        }
+    }
+}
+
+/// The chunk's ids as `[batch_size, seq_len]` tensors.
+pub fn chunk_tensors(chunk: &Chunk, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
+    let shape = [chunk.batch_size, chunk.seq_len];
+    (
+        Tensor::from_data(TensorData::new(chunk.inputs_i64(), shape), device),
+        Tensor::from_data(TensorData::new(chunk.targets_i64(), shape), device),
+    )
+}
+
+/// The mean next-character loss over `chunks`, read in order with the state carried between
+/// them (reset where a chunk starts an epoch), weighting every prediction equally.
+pub fn mean_loss(model: &CharLm, chunks: impl Iterator<Item = Chunk>, device: &Device) -> f64 {
+    let mut state: Option<RecurrentState> = None;
+    let (mut total, mut count) = (0.0, 0usize);
+    for chunk in chunks {
+        if chunk.starts_epoch {
+            state = None;
+        }
+        let (inputs, targets) = chunk_tensors(&chunk, device);
+        let (loss, next) = model.forward_loss(inputs, targets, state.take());
+        let predictions = chunk.batch_size * chunk.seq_len;
+        total += loss.into_scalar::<f64>() * predictions as f64;
+        count += predictions;
+        state = Some(next);
+    }
+    total / count.max(1) as f64
+}
+
+fn lock_run_dir(run_dir: &Path) -> Result<File, TrainError> {
+    let path = run_dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    file.try_lock_exclusive()
+        .map_err(|_| TrainError::Locked(run_dir.to_path_buf()))?;
+    Ok(file)
+}
+
+/// Drops the metrics lines after `step`: an interrupted run may have logged steps its last
+/// checkpoint does not hold, and the resumed run logs them again.
+fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
+    let Ok(text) = fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<MetricsRecord>(line).is_ok_and(|record| record.step <= step)
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    write_atomically(path, kept.as_bytes())
+}

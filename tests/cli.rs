@@ -1,0 +1,335 @@
+//! End-to-end runs of the real `ember` binary on the smoke config: train, resume, kill, sample,
+//! evaluate, plot, and bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn ember() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ember"));
+    command.current_dir(env!("CARGO_MANIFEST_DIR"));
+    command.env_remove("BURN_DEVICE").env("RUST_LOG", "warn");
+    command
+}
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn run_ok(command: &mut Command) -> Output {
+    let output = command.output().expect("ember runs");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn run_err(command: &mut Command) -> String {
+    let output = command.output().expect("ember runs");
+    assert!(!output.status.success(), "{command:?} should fail");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !stderr.contains("panicked"),
+        "{command:?} panicked: {stderr}"
+    );
+    stderr
+}
+
+fn train(run_dir: &Path, overrides: &[&str]) -> Command {
+    let mut command = ember();
+    command
+        .args(["train", "--config"])
+        .arg(repo("configs/smoke.toml"));
+    command.arg("--run-dir").arg(run_dir);
+    for set in overrides {
+        command.args(["--set", set]);
+    }
+    command
+}
+
+fn resume(run_dir: &Path, overrides: &[&str]) -> Command {
+    let mut command = ember();
+    command.args(["train", "--resume"]).arg(run_dir);
+    for set in overrides {
+        command.args(["--set", set]);
+    }
+    command
+}
+
+/// `(step, loss)` of every metrics line, losses as the exact strings written.
+fn losses(run_dir: &Path) -> Vec<(u64, String)> {
+    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            (value["step"].as_u64().unwrap(), value["loss"].to_string())
+        })
+        .collect()
+}
+
+fn wait_for(path: &Path, child: &mut Child, limit: Duration) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(start.elapsed() < limit, "{} did not appear", path.display());
+        assert!(child.try_wait().unwrap().is_none(), "training ended early");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn train_writes_a_complete_run_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    run_ok(&mut train(&run_dir, &[]));
+    for file in [
+        "config.toml",
+        "vocab.json",
+        "metrics.jsonl",
+        "checkpoints/step-00000040/model.bpk",
+    ] {
+        assert!(run_dir.join(file).exists(), "{file} missing");
+    }
+    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for record in &records {
+        for key in ["step", "loss", "lr", "grad_norm", "chars_per_sec"] {
+            assert!(record[key].is_number(), "{key} missing in {record}");
+        }
+    }
+    assert!(
+        records.iter().any(|r| r["val_loss"].is_number()),
+        "no validation loss logged"
+    );
+    // The resolved config is itself a valid config.
+    let again = dir.path().join("again");
+    let mut command = ember();
+    command
+        .args(["train", "--config"])
+        .arg(run_dir.join("config.toml"))
+        .arg("--run-dir")
+        .arg(&again);
+    run_ok(command.args(["--set", "train.steps=2"]));
+
+    // Plot.
+    let output = run_ok(ember().args(["plot", "--run"]).arg(&run_dir));
+    let svg = std::fs::read_to_string(run_dir.join("loss.svg")).unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("polyline"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+/// A run stopped half way and resumed logs the same losses, step for step, as one that never
+/// stopped (dropout on, so the dropout masks must resume too).
+#[test]
+fn resumed_run_matches_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let straight = dir.path().join("straight");
+    let halves = dir.path().join("halves");
+    let dropout = "model.dropout=0.3";
+    run_ok(&mut train(&straight, &[dropout]));
+    run_ok(&mut train(&halves, &[dropout, "train.steps=20"]));
+    run_ok(&mut resume(&halves, &["train.steps=40"]));
+    let expected = losses(&straight);
+    assert_eq!(expected.last().unwrap().0, 40);
+    assert_eq!(losses(&halves), expected);
+}
+
+/// SIGKILL in the middle of training (possibly mid-checkpoint): the newest complete checkpoint
+/// loads, the run resumes and ends with the losses of an uninterrupted run.
+#[test]
+fn killed_run_resumes_from_its_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let straight = dir.path().join("straight");
+    let killed = dir.path().join("killed");
+    let settings = [
+        "train.steps=300",
+        "train.checkpoint_every=7",
+        "train.eval_every=0",
+    ];
+    run_ok(&mut train(&straight, &settings));
+
+    let mut child = train(&killed, &settings)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        &killed.join("checkpoints/step-00000070"),
+        &mut child,
+        Duration::from_secs(120),
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    run_ok(&mut resume(&killed, &[]));
+    assert_eq!(losses(&killed), losses(&straight));
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let mut child = train(
+        &run_dir,
+        &[
+            "train.steps=100000",
+            "train.checkpoint_every=1000",
+            "train.eval_every=0",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_for(
+        &run_dir.join("metrics.jsonl"),
+        &mut child,
+        Duration::from_secs(120),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "exit {:?}", output.status);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("stopped at step"));
+    let steps: Vec<String> = std::fs::read_dir(run_dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(steps.iter().any(|s| s.starts_with("step-")), "{steps:?}");
+    run_ok(&mut resume(&run_dir, &["train.steps=1"]));
+}
+
+#[test]
+fn sampling_with_one_seed_gives_one_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    run_ok(&mut train(&run_dir, &[]));
+    let sample = |seed: &str| {
+        let output = run_ok(ember().args(["sample", "--run"]).arg(&run_dir).args([
+            "--prime",
+            "ROMEO:",
+            "--length",
+            "200",
+            "--seed",
+            seed,
+            "--temperature",
+            "0.8",
+        ]));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let first = sample("11");
+    assert!(
+        first.starts_with("ROMEO:") && first.chars().count() >= 206,
+        "{first:?}"
+    );
+    assert_eq!(first, sample("11"));
+    assert_ne!(first, sample("12"));
+
+    let stderr = run_err(
+        ember()
+            .args(["sample", "--run"])
+            .arg(&run_dir)
+            .args(["--prime", "ROMEO§¶"]),
+    );
+    assert!(stderr.contains("'§'") && stderr.contains("'¶'"), "{stderr}");
+    let stderr = run_err(
+        ember()
+            .args(["sample", "--run"])
+            .arg(&run_dir)
+            .args(["--temperature", "0"]),
+    );
+    assert!(stderr.contains("temperature"), "{stderr}");
+    let stderr = run_err(
+        ember()
+            .args(["sample", "--run"])
+            .arg(&run_dir)
+            .args(["--top-k", "0"]),
+    );
+    assert!(stderr.contains("top-k"), "{stderr}");
+}
+
+#[test]
+fn eval_prints_the_loss_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    run_ok(&mut train(&run_dir, &[]));
+    let text = dir.path().join("text.txt");
+    std::fs::write(
+        &text,
+        "First Citizen:\nBefore we proceed any further, hear me speak.\n",
+    )
+    .unwrap();
+    let output = run_ok(
+        ember()
+            .args(["eval", "--run"])
+            .arg(&run_dir)
+            .arg("--text")
+            .arg(&text),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let loss = report["loss"].as_f64().unwrap();
+    assert!(loss > 0.0 && loss < 10.0, "{report}");
+    assert!(
+        (report["bits_per_char"].as_f64().unwrap() - loss / std::f64::consts::LN_2).abs() < 1e-9
+    );
+    assert!((report["perplexity"].as_f64().unwrap() - loss.exp()).abs() < 1e-6);
+    // 61 characters make 60 next-character predictions.
+    assert_eq!(report["chars"].as_u64().unwrap(), 60);
+}
+
+#[test]
+fn bad_input_is_named_and_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[model]\ncell = \"lstm\"\nhiden = 3\n").unwrap();
+    let stderr = run_err(
+        ember()
+            .args(["train", "--config"])
+            .arg(&config)
+            .arg("--run-dir")
+            .arg(dir.path().join("r")),
+    );
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("hiden") && stderr.contains("line 3"),
+        "{stderr}"
+    );
+
+    let stderr = run_err(&mut train(&dir.path().join("r"), &["train.stepz=3"]));
+    assert!(stderr.contains("stepz"), "{stderr}");
+    let stderr = run_err(&mut train(
+        &dir.path().join("r"),
+        &["data.path=/no/such/corpus.txt"],
+    ));
+    assert!(stderr.contains("/no/such/corpus.txt"), "{stderr}");
+    let stderr = run_err(
+        ember()
+            .args(["train", "--resume"])
+            .arg(dir.path().join("missing")),
+    );
+    assert!(stderr.contains("missing"), "{stderr}");
+    let stderr = run_err(
+        ember()
+            .args(["sample", "--run"])
+            .arg(dir.path().join("missing")),
+    );
+    assert!(stderr.contains("missing"), "{stderr}");
+    let stderr = run_err(ember().args(["--device", "tpu", "devices"]).arg("x"));
+    assert!(!stderr.is_empty());
+    let stderr =
+        run_err(ember().args(["--device", "quantum", "eval", "--run", "x", "--text", "y"]));
+    assert!(
+        stderr.contains("quantum") && stderr.contains("flex"),
+        "{stderr}"
+    );
+}
