@@ -1,5 +1,6 @@
 //! Character corpora for Ember: the vocabulary, loading a text as ids, contiguous splits, and
-//! the stream batcher that feeds truncated backpropagation through time.
+//! the stream batcher that feeds truncated backpropagation through time; and datasets of whole
+//! sequences (`label<TAB>text`, `source<TAB>target`) with padded batches.
 //!
 //! ```no_run
 //! use ember_data::{Corpus, Splits, StreamBatcher};
@@ -16,9 +17,14 @@
 mod batcher;
 mod corpus;
 mod error;
+mod sequences;
 mod vocab;
 
 pub use batcher::{Chunk, Cursor, StreamBatcher};
 pub use corpus::{Corpus, DEFAULT_MAX_BYTES, Splits};
 pub use error::DataError;
+pub use sequences::{
+    LabelSet, LabelledText, PaddedBatch, TextPair, TokenVocab, load_labelled, load_pairs,
+    parse_labelled, parse_pairs,
+};
 pub use vocab::Vocab;

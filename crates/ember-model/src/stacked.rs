@@ -138,6 +138,54 @@ impl StackedRecurrent {
         projected: Vec<Tensor<2>>,
         state: Option<RecurrentState>,
     ) -> (Vec<Tensor<2>>, RecurrentState) {
+        self.forward_layers(projected, None, state)
+    }
+
+    /// Runs a right-padded batch: `mask` is 1 on a row's real steps and 0 on its padding, and a
+    /// row's state does not move on padding, so its outputs and final state are the ones it
+    /// would get alone. With `reverse`, every row is read from its last step back to its first
+    /// (the backward half of a bidirectional network); padding then comes first and leaves the
+    /// initial state untouched.
+    ///
+    /// # Shapes
+    /// - input: `[batch_size, seq_length, d_input]`
+    /// - mask: `[batch_size, seq_length]`, each row some ones followed by zeros
+    /// - output: `[batch_size, seq_length, d_hidden]`, in input order; on padding, the state held
+    ///   there
+    pub fn forward_masked(
+        &self,
+        input: Tensor<3>,
+        mask: Tensor<2>,
+        state: Option<RecurrentState>,
+        reverse: bool,
+    ) -> (Tensor<3>, RecurrentState) {
+        let first = &self.layers[0];
+        let mut projected: Vec<Tensor<2>> = input
+            .swap_dims(0, 1)
+            .iter_dim(0)
+            .map(|step| first.project_input(step.squeeze_dim(0)))
+            .collect();
+        let [batch_size, seq_length] = mask.dims();
+        let mut masks: Vec<Tensor<2>> = (0..seq_length)
+            .map(|t| mask.clone().slice([0..batch_size, t..t + 1]))
+            .collect();
+        if reverse {
+            projected.reverse();
+            masks.reverse();
+        }
+        let (mut outputs, state) = self.forward_layers(projected, Some(masks), state);
+        if reverse {
+            outputs.reverse();
+        }
+        (Tensor::stack(outputs, 1), state)
+    }
+
+    fn forward_layers(
+        &self,
+        projected: Vec<Tensor<2>>,
+        masks: Option<Vec<Tensor<2>>>,
+        state: Option<RecurrentState>,
+    ) -> (Vec<Tensor<2>>, RecurrentState) {
         let batch_size = projected.first().map_or(0, |p| p.dims()[0]);
         let state = state.unwrap_or_else(|| {
             let device = projected
@@ -159,8 +207,14 @@ impl StackedRecurrent {
                     .collect();
             }
             outputs = Vec::with_capacity(layer_projected.len());
-            for step_projected in layer_projected.drain(..) {
-                layer_state = layer.step_projected(step_projected, layer_state);
+            for (t, step_projected) in layer_projected.drain(..).enumerate() {
+                layer_state = match &masks {
+                    Some(masks) => {
+                        let next = layer.step_projected(step_projected, layer_state.clone());
+                        hold_on_padding(next, layer_state, masks[t].clone())
+                    }
+                    None => layer.step_projected(step_projected, layer_state),
+                };
                 outputs.push(layer_state.hidden.clone());
             }
             final_states.push(layer_state);
@@ -199,5 +253,18 @@ impl StackedRecurrent {
         }
         let output = layers[self.num_layers() - 1].hidden.clone();
         (output, RecurrentState { layers })
+    }
+}
+
+/// `next` where `mask` is 1, `previous` where it is 0, row by row.
+fn hold_on_padding(next: LayerState, previous: LayerState, mask: Tensor<2>) -> LayerState {
+    let blend =
+        |next: Tensor<2>, previous: Tensor<2>| previous.clone() + (next - previous) * mask.clone();
+    LayerState {
+        hidden: blend(next.hidden, previous.hidden),
+        cell: match (next.cell, previous.cell) {
+            (Some(next), Some(previous)) => Some(blend(next, previous)),
+            _ => None,
+        },
     }
 }

@@ -8,13 +8,15 @@ mod config;
 mod error;
 mod plot;
 mod run;
+mod step;
 mod trainer;
 
 pub use checkpoint::{Checkpoint, CheckpointDir, Progress, write_atomically};
 pub use config::{DataConfig, ModelConfig, OptimizerConfig, OptimizerKind, RunConfig, TrainConfig};
 pub use error::TrainError;
-pub use plot::plot_losses;
+pub use plot::{plot_curves, plot_losses};
 pub use run::{EvalReport, Run};
+pub use step::GradientStep;
 pub use trainer::{
     CONFIG_FILE, METRICS_FILE, MetricsRecord, RunOutcome, Trainer, VOCAB_FILE, chunk_tensors,
     mean_loss, model_config, optimizer_for,

@@ -38,12 +38,27 @@ pub fn plot_losses(run_dir: &Path, out: &Path) -> Result<usize, TrainError> {
             message: "no metrics yet: train first".into(),
         });
     }
+    plot_curves(&train, &val, "loss (nats per character)", out)?;
+    Ok(train.len() + val.len())
+}
+
+/// Draws a training curve and, when not empty, a validation curve, `(step, loss)` points, into
+/// `out` (SVG) under `title`.
+pub fn plot_curves(
+    train: &[(f64, f64)],
+    val: &[(f64, f64)],
+    title: &str,
+    out: &Path,
+) -> Result<(), TrainError> {
     let plot_error = |e: &dyn std::fmt::Display| TrainError::Plot {
         path: out.to_path_buf(),
         message: e.to_string(),
     };
+    if train.is_empty() {
+        return Err(plot_error(&"no points to draw"));
+    }
     let max_step = train.iter().map(|p| p.0).fold(1.0, f64::max);
-    let losses = train.iter().chain(&val).map(|p| p.1);
+    let losses = train.iter().chain(val).map(|p| p.1);
     let (low, high) = losses.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
         (lo.min(v), hi.max(v))
     });
@@ -51,7 +66,7 @@ pub fn plot_losses(run_dir: &Path, out: &Path) -> Result<usize, TrainError> {
     let root = SVGBackend::new(out, (900, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_error(&e))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("loss (nats per character)", ("sans-serif", 22))
+        .caption(title, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(36)
         .y_label_area_size(56)
@@ -82,5 +97,5 @@ pub fn plot_losses(run_dir: &Path, out: &Path) -> Result<usize, TrainError> {
         .draw()
         .map_err(|e| plot_error(&e))?;
     root.present().map_err(|e| plot_error(&e))?;
-    Ok(train.len() + val.len())
+    Ok(())
 }

@@ -8,8 +8,7 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::{
-    AdaGradConfig, AdamConfig, GradientsParams, ModuleOptimizer, RmsPropConfig, SgdConfig,
-    momentum::MomentumConfig,
+    AdaGradConfig, AdamConfig, ModuleOptimizer, RmsPropConfig, SgdConfig, momentum::MomentumConfig,
 };
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ember_data::{Chunk, Corpus, Cursor, Splits, StreamBatcher, Vocab};
@@ -19,9 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::checkpoint::{CheckpointDir, Progress, write_atomically};
-use crate::clip::{clip_grad_norm, clip_grad_value};
-use crate::config::{OptimizerKind, RunConfig};
+use crate::config::{OptimizerConfig, OptimizerKind, RunConfig};
 use crate::error::io_error;
+use crate::step::GradientStep;
 
 /// The resolved config of a run, inside its directory.
 pub const CONFIG_FILE: &str = "config.toml";
@@ -67,7 +66,7 @@ pub struct Trainer {
     run_dir: PathBuf,
     device: Device,
     model: CharLm,
-    optimizer: ModuleOptimizer,
+    optimizer: GradientStep,
     train: StreamBatcher,
     val: Option<StreamBatcher>,
     vocab: Vocab,
@@ -190,11 +189,11 @@ impl Trainer {
         };
         Ok(Trainer {
             checkpoints: CheckpointDir::new(run_dir),
+            optimizer: GradientStep::with_optimizer(&config.optimizer, optimizer),
             config,
             run_dir: run_dir.to_path_buf(),
             device: device.clone(),
             model,
-            optimizer,
             train,
             val,
             vocab: corpus.vocab,
@@ -226,9 +225,7 @@ impl Trainer {
 
     /// The learning rate at `step`: `lr * lr_decay ^ floor(step / lr_decay_every)`.
     pub fn lr_at(&self, step: u64) -> f64 {
-        let optimizer = &self.config.optimizer;
-        let decays = step / optimizer.lr_decay_every as u64;
-        optimizer.lr * optimizer.lr_decay.powi(decays.min(i32::MAX as u64) as i32)
+        self.optimizer.lr_at(step)
     }
 
     /// One optimizer step on the next chunk. Returns the chunk's loss and the gradient norm.
@@ -257,15 +254,8 @@ impl Trainer {
                 loss: loss_value,
             });
         }
-        let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
-        let optimizer_config = &self.config.optimizer;
-        if optimizer_config.grad_clip_value > 0.0 {
-            clip_grad_value(&self.model, &mut grads, optimizer_config.grad_clip_value);
-        }
-        let grad_norm = clip_grad_norm(&self.model, &mut grads, optimizer_config.grad_clip_norm);
-        let lr = self.lr_at(step);
-        let model = self.model.clone();
-        self.model = self.optimizer.step(lr, model, grads);
+        let (model, grad_norm) = self.optimizer.apply(self.model.clone(), loss, step);
+        self.model = model;
         self.carried = Some(state.detach());
         self.progress.step += 1;
         self.progress.chars_seen += (chunk.batch_size * chunk.seq_len) as u64;
@@ -291,7 +281,7 @@ impl Trainer {
     pub fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
         let dir = self.checkpoints.save(
             &self.model,
-            &self.optimizer,
+            self.optimizer.optimizer(),
             self.carried.as_ref(),
             &self.progress,
         )?;
@@ -382,7 +372,11 @@ pub fn model_config(config: &RunConfig, vocab_size: usize) -> CharLmConfig {
 
 /// The optimizer a run's config names.
 pub fn optimizer_for(config: &RunConfig) -> ModuleOptimizer {
-    let optimizer = &config.optimizer;
+    optimizer_from(&config.optimizer)
+}
+
+/// The optimizer an `[optimizer]` section names, with no state yet.
+pub(crate) fn optimizer_from(optimizer: &OptimizerConfig) -> ModuleOptimizer {
     let epsilon = optimizer.epsilon as f32;
     match optimizer.kind {
         OptimizerKind::Adam => AdamConfig::new().with_epsilon(epsilon).init(),

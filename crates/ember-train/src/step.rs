@@ -1,0 +1,64 @@
+//! The optimizer step every Ember task shares: gradients, clipping, learning-rate schedule,
+//! update.
+
+use burn::module::Module;
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::Tensor;
+
+use crate::OptimizerConfig;
+use crate::clip::{clip_grad_norm, clip_grad_value};
+use crate::trainer::optimizer_from;
+
+/// Turns a loss into updated weights as an `[optimizer]` section says: backward pass, clipping
+/// by value then by global norm, the decayed learning rate, the optimizer's update. The character
+/// model's truncated-BPTT [`Trainer`](crate::Trainer) and the sequence tasks of `examples/` both
+/// train through it.
+pub struct GradientStep {
+    config: OptimizerConfig,
+    optimizer: ModuleOptimizer,
+}
+
+impl GradientStep {
+    /// A fresh optimizer, with no state yet.
+    pub fn new(config: &OptimizerConfig) -> Self {
+        GradientStep {
+            config: config.clone(),
+            optimizer: optimizer_from(config),
+        }
+    }
+
+    /// Continues with an optimizer whose state was restored from a checkpoint.
+    pub fn with_optimizer(config: &OptimizerConfig, optimizer: ModuleOptimizer) -> Self {
+        GradientStep {
+            config: config.clone(),
+            optimizer,
+        }
+    }
+
+    /// The optimizer and its state, for checkpoints.
+    pub fn optimizer(&self) -> &ModuleOptimizer {
+        &self.optimizer
+    }
+
+    /// The learning rate at `step`: `lr * lr_decay ^ floor(step / lr_decay_every)`.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        let decays = step / self.config.lr_decay_every.max(1) as u64;
+        self.config.lr
+            * self
+                .config
+                .lr_decay
+                .powi(decays.min(i32::MAX as u64) as i32)
+    }
+
+    /// Backpropagates `loss` through `model` and updates it with the learning rate of `step`.
+    /// Returns the updated model and the global gradient norm before clipping.
+    pub fn apply<M: Module>(&mut self, model: M, loss: Tensor<1>, step: u64) -> (M, f64) {
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        if self.config.grad_clip_value > 0.0 {
+            clip_grad_value(&model, &mut grads, self.config.grad_clip_value);
+        }
+        let grad_norm = clip_grad_norm(&model, &mut grads, self.config.grad_clip_norm);
+        let model = self.optimizer.step(self.lr_at(step), model, grads);
+        (model, grad_norm)
+    }
+}
