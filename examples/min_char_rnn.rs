@@ -6,7 +6,7 @@
 //! and samples 1000 characters from a starting letter.
 //!
 //! ```sh
-//! cargo run --release --example min_char_rnn [ITERATIONS]
+//! cargo run --release --example min_char_rnn [ITERATIONS (default 20000)]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -43,6 +43,8 @@ pub struct Report {
     /// `(iteration, smoothed loss)` every 100 iterations, the seed's
     /// `smooth_loss = 0.999 * smooth_loss + 0.001 * loss`, starting at the uniform loss.
     pub smooth_losses: Vec<(usize, f64)>,
+    /// The mean per-sequence loss of the last 100 iterations (unsmoothed).
+    pub final_loss: f64,
     /// The sampled text, starting letter included.
     pub sample: String,
 }
@@ -78,6 +80,7 @@ pub fn run(settings: &Settings, device: &Device) -> Report {
     let uniform_loss = (vocab.len() as f64).ln() * SEQ_LEN as f64;
     let mut smooth_loss = uniform_loss;
     let mut smooth_losses = Vec::new();
+    let mut recent_losses = std::collections::VecDeque::with_capacity(100);
     let mut position = 0;
     let mut state: Option<RecurrentState> = None;
     for iteration in 0..settings.iterations {
@@ -92,7 +95,12 @@ pub fn run(settings: &Settings, device: &Device) -> Report {
         let (mean_loss, next) = model.forward_loss(inputs, targets, state.take());
         // The seed sums the per-character losses of a sequence.
         let loss = mean_loss * SEQ_LEN as f64;
-        smooth_loss = 0.999 * smooth_loss + 0.001 * loss.clone().into_scalar::<f64>();
+        let loss_value = loss.clone().into_scalar::<f64>();
+        smooth_loss = 0.999 * smooth_loss + 0.001 * loss_value;
+        if recent_losses.len() == 100 {
+            recent_losses.pop_front();
+        }
+        recent_losses.push_back(loss_value);
         if iteration % 100 == 0 {
             smooth_losses.push((iteration, smooth_loss));
             if settings.print_every > 0 && iteration % settings.print_every == 0 {
@@ -135,6 +143,7 @@ pub fn run(settings: &Settings, device: &Device) -> Report {
     Report {
         uniform_loss,
         smooth_losses,
+        final_loss: recent_losses.iter().sum::<f64>() / recent_losses.len().max(1) as f64,
         sample,
     }
 }
@@ -147,7 +156,7 @@ fn main() {
             arg.parse()
                 .unwrap_or_else(|_| panic!("ITERATIONS must be a whole number, got {arg:?}"))
         })
-        .unwrap_or(5000);
+        .unwrap_or(20_000);
     let plot = Path::new("min-char-rnn-loss.svg").to_path_buf();
     let settings = Settings {
         iterations,
@@ -158,6 +167,10 @@ fn main() {
         print_every: 100,
     };
     let report = run(&settings, &Device::default());
+    println!(
+        "loss per sequence: {:.3} over the last 100 iterations (uniform guess {:.3})",
+        report.final_loss, report.uniform_loss
+    );
     println!("loss curve: {}", plot.display());
     println!("----\n{}\n----", report.sample);
 }

@@ -135,13 +135,9 @@ impl SequenceDecoder {
                     parents.push(beam);
                 }
             }
-            // Log-probabilities only fall as a sequence grows: once a finished sequence beats
-            // every open beam, none of them can overtake it.
-            let best_done = done
-                .iter()
-                .map(|h| h.log_prob)
-                .fold(f64::NEG_INFINITY, f64::max);
-            if kept.is_empty() || kept[0].log_prob <= best_done {
+            // Log-probabilities only fall as a sequence grows: once `width` finished sequences
+            // beat every open beam, none of the open ones can enter the result.
+            if kept.is_empty() || kept[0].log_prob <= kth_best(&done, width) {
                 beams = Vec::new();
                 break;
             }
@@ -173,6 +169,16 @@ impl SequenceDecoder {
             .map(|mut row| row.remove(0))
             .collect()
     }
+}
+
+/// The `k`-th best log-probability of `done`, or minus infinity when it holds fewer than `k`.
+fn kth_best(done: &[Hypothesis], k: usize) -> f64 {
+    if done.len() < k {
+        return f64::NEG_INFINITY;
+    }
+    let mut scores: Vec<f64> = done.iter().map(|h| h.log_prob).collect();
+    scores.sort_by(|a, b| b.total_cmp(a));
+    scores[k - 1]
 }
 
 pub(crate) fn ids_tensor(ids: &[usize], device: &burn::tensor::Device) -> Tensor<1, Int> {
