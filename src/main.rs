@@ -9,9 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
+use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand};
-use ember_model::SampleConfig;
-use ember_train::{MetricsRecord, Run, RunConfig, RunOutcome, Trainer, plot_losses};
+use ember_model::{SampleConfig, Seq2Seq, SequenceClassifier, SequenceTagger};
+use ember_train::{
+    CONFIG_FILE, MetricsRecord, Run, RunConfig, RunOutcome, TaskKind, TaskRun, TaskTrainer,
+    Trainer, Training, plot_losses,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
@@ -37,6 +41,8 @@ enum Command {
     Sample(SampleArgs),
     /// Print the loss of a run's model on a text file, as JSON.
     Eval(EvalArgs),
+    /// Answer every input line with a sequence run's model (class, tags or output sequence).
+    Predict(PredictArgs),
     /// Draw a run's training and validation loss curves as an SVG image in the run directory.
     Plot(PlotArgs),
     /// List the backends compiled into this binary.
@@ -95,6 +101,16 @@ struct EvalArgs {
 }
 
 #[derive(Args)]
+struct PredictArgs {
+    /// The run directory of a `classify`, `tag` or `seq2seq` run.
+    #[arg(long)]
+    run: PathBuf,
+    /// The lines to answer, one input per line (default: standard input).
+    #[arg(long)]
+    input: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct PlotArgs {
     /// The run directory.
     #[arg(long)]
@@ -132,31 +148,65 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train(args, &device, interactive),
         Command::Sample(args) => sample(args, &device),
         Command::Eval(args) => eval(args, &device),
+        Command::Predict(args) => predict(args, &device),
         Command::Plot(args) => plot(args),
         Command::Devices => unreachable!("handled above"),
     }
 }
 
-fn train(args: TrainArgs, device: &burn::tensor::Device, interactive: bool) -> Result<()> {
-    let mut trainer = match (&args.config, &args.resume) {
-        (_, Some(run_dir)) => Trainer::resume(run_dir, &args.overrides, device)?,
+/// The task of the run in `run_dir`, as its saved config says (a language model when it cannot
+/// be read: resuming then reports what is wrong with the directory).
+fn run_task(run_dir: &Path) -> TaskKind {
+    RunConfig::load(&run_dir.join(CONFIG_FILE), &[])
+        .map_or(TaskKind::LanguageModel, |c| c.task.kind)
+}
+
+fn new_trainer(config: RunConfig, run_dir: &Path, device: &Device) -> Result<Box<dyn Training>> {
+    Ok(match config.task.kind {
+        TaskKind::LanguageModel => Box::new(Trainer::create(config, run_dir, device)?),
+        TaskKind::Classify => Box::new(TaskTrainer::<SequenceClassifier>::create(
+            config, run_dir, device,
+        )?),
+        TaskKind::Tag => Box::new(TaskTrainer::<SequenceTagger>::create(
+            config, run_dir, device,
+        )?),
+        TaskKind::Seq2seq => Box::new(TaskTrainer::<Seq2Seq>::create(config, run_dir, device)?),
+    })
+}
+
+fn resumed_trainer(
+    run_dir: &Path,
+    overrides: &[String],
+    device: &Device,
+) -> Result<Box<dyn Training>> {
+    Ok(match run_task(run_dir) {
+        TaskKind::LanguageModel => Box::new(Trainer::resume(run_dir, overrides, device)?),
+        TaskKind::Classify => Box::new(TaskTrainer::<SequenceClassifier>::resume(
+            run_dir, overrides, device,
+        )?),
+        TaskKind::Tag => Box::new(TaskTrainer::<SequenceTagger>::resume(
+            run_dir, overrides, device,
+        )?),
+        TaskKind::Seq2seq => Box::new(TaskTrainer::<Seq2Seq>::resume(run_dir, overrides, device)?),
+    })
+}
+
+fn train(args: TrainArgs, device: &Device, interactive: bool) -> Result<()> {
+    let (run_dir, mut trainer) = match (&args.config, &args.resume) {
+        (_, Some(run_dir)) => (
+            run_dir.clone(),
+            resumed_trainer(run_dir, &args.overrides, device)?,
+        ),
         (Some(config_path), None) => {
             let config = RunConfig::load(config_path, &args.overrides)?;
             let run_dir = args
                 .run_dir
                 .clone()
                 .unwrap_or_else(|| default_run_dir(config_path));
-            Trainer::create(config, &run_dir, device)?
+            let trainer = new_trainer(config, &run_dir, device)?;
+            (run_dir, trainer)
         }
         (None, None) => bail!("give --config FILE for a new run or --resume DIR"),
-    };
-    let run_dir = match (&args.resume, &args.config) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(config_path)) => args
-            .run_dir
-            .clone()
-            .unwrap_or_else(|| default_run_dir(config_path)),
-        (None, None) => unreachable!("checked above"),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = stop.clone();
@@ -179,9 +229,9 @@ fn train(args: TrainArgs, device: &burn::tensor::Device, interactive: bool) -> R
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  eta {eta}")
             .expect("a valid template"),
     );
-    bar.set_position(trainer.step());
+    bar.set_position(trainer.progress().step);
     let mut last_val: Option<f64> = None;
-    let outcome = trainer.run(&stop, |record: &MetricsRecord| {
+    let outcome = trainer.run(&stop, &mut |record: &MetricsRecord| {
         last_val = record.val_loss.or(last_val);
         bar.set_position(record.step);
         bar.set_message(format!(
@@ -193,15 +243,21 @@ fn train(args: TrainArgs, device: &burn::tensor::Device, interactive: bool) -> R
     })?;
     bar.finish_and_clear();
     match outcome {
-        RunOutcome::Finished => println!(
-            "trained {} steps; run in {} (sample it: ember sample --run {})",
-            trainer.step(),
-            run_dir.display(),
-            run_dir.display()
-        ),
+        RunOutcome::Finished => {
+            let next = match trainer.config().task.kind {
+                TaskKind::LanguageModel => "sample it: ember sample",
+                _ => "use it: ember predict",
+            };
+            println!(
+                "trained {} steps; run in {} ({next} --run {})",
+                trainer.progress().step,
+                run_dir.display(),
+                run_dir.display()
+            )
+        }
         RunOutcome::Interrupted => println!(
             "stopped at step {}; checkpoint saved (resume: ember train --resume {})",
-            trainer.step(),
+            trainer.progress().step,
             run_dir.display()
         ),
     }
@@ -215,10 +271,11 @@ fn default_run_dir(config_path: &Path) -> PathBuf {
     PathBuf::from("runs").join(stem)
 }
 
-fn sample(args: SampleArgs, device: &burn::tensor::Device) -> Result<()> {
+fn sample(args: SampleArgs, device: &Device) -> Result<()> {
     if args.length == 0 {
         bail!("--length must be at least 1");
     }
+    expect_language_model(&args.run, "sample")?;
     let run = Run::open(&args.run, device)?;
     let unknown = run.vocab.unknown_chars(&args.prime);
     if !unknown.is_empty() {
@@ -251,10 +308,65 @@ fn sample(args: SampleArgs, device: &burn::tensor::Device) -> Result<()> {
     Ok(())
 }
 
-fn eval(args: EvalArgs, device: &burn::tensor::Device) -> Result<()> {
+fn eval(args: EvalArgs, device: &Device) -> Result<()> {
+    expect_language_model(&args.run, "eval")?;
     let run = Run::open(&args.run, device)?;
     let report = run.evaluate_file(&args.text, 256, device)?;
     println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// Refuses to treat a sequence run as a language model.
+fn expect_language_model(run_dir: &Path, command: &str) -> Result<()> {
+    let kind = run_task(run_dir);
+    if kind != TaskKind::LanguageModel {
+        bail!(
+            "{} is a {} run, not a language model: `ember {command}` reads language models; \
+             use `ember predict --run {}`",
+            run_dir.display(),
+            serde_json::to_value(kind)?.as_str().unwrap_or("sequence"),
+            run_dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn predict(args: PredictArgs, device: &Device) -> Result<()> {
+    let (text, origin) = match &args.input {
+        Some(path) => (
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+            path.clone(),
+        ),
+        None => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("reading standard input")?;
+            (text, PathBuf::from("<stdin>"))
+        }
+    };
+    let answers = match run_task(&args.run) {
+        TaskKind::Classify => TaskRun::<SequenceClassifier>::open(&args.run, device)?
+            .answer(&text, &origin, device)?,
+        TaskKind::Tag => {
+            TaskRun::<SequenceTagger>::open(&args.run, device)?.answer(&text, &origin, device)?
+        }
+        TaskKind::Seq2seq => {
+            TaskRun::<Seq2Seq>::open(&args.run, device)?.answer(&text, &origin, device)?
+        }
+        TaskKind::LanguageModel => {
+            if !args.run.join(CONFIG_FILE).is_file() {
+                bail!("{}: no run in this directory", args.run.display());
+            }
+            bail!(
+                "{} is a language model: use `ember sample` or `ember eval`",
+                args.run.display()
+            )
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for answer in answers {
+        writeln!(out, "{answer}")?;
+    }
     Ok(())
 }
 

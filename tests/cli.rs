@@ -1,41 +1,13 @@
 //! End-to-end runs of the real `ember` binary on the smoke config: train, resume, kill, sample,
 //! evaluate, plot, and bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn ember() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ember"));
-    command.current_dir(env!("CARGO_MANIFEST_DIR"));
-    command.env_remove("BURN_DEVICE").env("RUST_LOG", "warn");
-    command
-}
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn run_ok(command: &mut Command) -> Output {
-    let output = command.output().expect("ember runs");
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn run_err(command: &mut Command) -> String {
-    let output = command.output().expect("ember runs");
-    assert!(!output.status.success(), "{command:?} should fail");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(
-        !stderr.contains("panicked"),
-        "{command:?} panicked: {stderr}"
-    );
-    stderr
-}
+use common::*;
 
 fn train(run_dir: &Path, overrides: &[&str]) -> Command {
     let mut command = ember();
@@ -56,17 +28,6 @@ fn resume(run_dir: &Path, overrides: &[&str]) -> Command {
         command.args(["--set", set]);
     }
     command
-}
-
-/// `(step, loss)` of every metrics line, losses as the exact strings written.
-fn losses(run_dir: &Path) -> Vec<(u64, String)> {
-    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
-    text.lines()
-        .map(|line| {
-            let value: serde_json::Value = serde_json::from_str(line).unwrap();
-            (value["step"].as_u64().unwrap(), value["loss"].to_string())
-        })
-        .collect()
 }
 
 fn wait_for(path: &Path, child: &mut Child, limit: Duration) {

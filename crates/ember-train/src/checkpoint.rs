@@ -36,9 +36,9 @@ pub struct Progress {
 }
 
 /// What a checkpoint restores.
-pub struct Checkpoint {
+pub struct Checkpoint<M = CharLm> {
     /// The model weights.
-    pub model: CharLm,
+    pub model: M,
     /// The optimizer with its state.
     pub optimizer: ModuleOptimizer,
     /// The hidden state carried into the next chunk, if any.
@@ -79,9 +79,9 @@ impl CheckpointDir {
     }
 
     /// Writes a checkpoint atomically and returns its directory.
-    pub fn save(
+    pub fn save<M: Module>(
         &self,
-        model: &CharLm,
+        model: &M,
         optimizer: &ModuleOptimizer,
         carried: Option<&RecurrentState>,
         progress: &Progress,
@@ -138,9 +138,21 @@ impl CheckpointDir {
         optimizer: ModuleOptimizer,
         device: &Device,
     ) -> Result<Checkpoint, TrainError> {
+        self.load_latest_with(template, optimizer, device, load_carried)
+    }
+
+    /// [`load_latest`](Self::load_latest) for any model; `carried` rebuilds the carried hidden
+    /// state from its tensors (models without one return `Ok(None)`).
+    pub fn load_latest_with<M: Module>(
+        &self,
+        template: M,
+        optimizer: ModuleOptimizer,
+        device: &Device,
+        carried: CarriedLoader<M>,
+    ) -> Result<Checkpoint<M>, TrainError> {
         let mut last_error = None;
         for step in self.steps().into_iter().rev() {
-            match self.load(step, template.clone(), optimizer.clone(), device) {
+            match self.load_with(step, template.clone(), optimizer.clone(), device, carried) {
                 Ok(checkpoint) => return Ok(checkpoint),
                 Err(e) => {
                     log::warn!("skipping checkpoint at step {step}: {e}");
@@ -159,6 +171,18 @@ impl CheckpointDir {
         optimizer: ModuleOptimizer,
         device: &Device,
     ) -> Result<Checkpoint, TrainError> {
+        self.load_with(step, template, optimizer, device, load_carried)
+    }
+
+    /// [`load`](Self::load) for any model (see [`load_latest_with`](Self::load_latest_with)).
+    pub fn load_with<M: Module>(
+        &self,
+        step: u64,
+        template: M,
+        optimizer: ModuleOptimizer,
+        device: &Device,
+        carried: CarriedLoader<M>,
+    ) -> Result<Checkpoint<M>, TrainError> {
         let dir = self.step_dir(step);
         let damaged = |path: &Path, message: String| TrainError::Checkpoint {
             path: path.to_path_buf(),
@@ -187,10 +211,7 @@ impl CheckpointDir {
         let carried_path = dir.join(CARRIED_FILE);
         let carried = if carried_path.exists() {
             let state_dict = StateDict::read(&carried_path)?;
-            Some(
-                carried_from_state_dict(&state_dict, &model, device)
-                    .map_err(|m| damaged(&carried_path, m))?,
-            )
+            carried(&state_dict, &model, device).map_err(|m| damaged(&carried_path, m))?
         } else {
             None
         };
@@ -234,6 +255,22 @@ fn carried_state_dict(state: &RecurrentState) -> StateDict {
         }
     }
     state_dict
+}
+
+/// Rebuilds a carried hidden state for model `M` from a checkpoint's tensors.
+pub type CarriedLoader<M> = fn(&StateDict, &M, &Device) -> Result<Option<RecurrentState>, String>;
+
+/// The [`CarriedLoader`] of models that carry no state between steps.
+pub fn no_carried<M>(_: &StateDict, _: &M, _: &Device) -> Result<Option<RecurrentState>, String> {
+    Ok(None)
+}
+
+fn load_carried(
+    state_dict: &StateDict,
+    model: &CharLm,
+    device: &Device,
+) -> Result<Option<RecurrentState>, String> {
+    carried_from_state_dict(state_dict, model, device).map(Some)
 }
 
 fn carried_from_state_dict(

@@ -20,6 +20,48 @@ pub struct RunConfig {
     pub optimizer: OptimizerConfig,
     /// Steps, evaluation and checkpoints.
     pub train: TrainConfig,
+    /// What the network learns: the character language model, or a task on whole sequences.
+    pub task: TaskConfig,
+}
+
+/// Which process shape a run trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskKind {
+    /// Many-to-many next-character prediction over one long text, truncated BPTT.
+    #[default]
+    LanguageModel,
+    /// Many-to-one: `label<TAB>text` lines, one class per text.
+    Classify,
+    /// Many-to-many: `text<TAB>tags` lines, one tag character per text character.
+    Tag,
+    /// Sequence to sequence: `source<TAB>target` lines.
+    Seq2seq,
+}
+
+/// `[task]`: what the network learns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaskConfig {
+    /// `language-model`, `classify`, `tag` or `seq2seq`.
+    pub kind: TaskKind,
+    /// `tag`: per-step losses summed over each sequence (`sum`, the seed's) or averaged (`mean`).
+    pub step_loss: ember_model::StepLoss,
+    /// `seq2seq`: beam width when predicting (1: greedy decoding).
+    pub beam_width: usize,
+    /// `seq2seq`: the longest output written when predicting.
+    pub max_output_len: usize,
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        TaskConfig {
+            kind: TaskKind::LanguageModel,
+            step_loss: ember_model::StepLoss::Mean,
+            beam_width: 1,
+            max_output_len: 100,
+        }
+    }
 }
 
 /// `[data]`: the corpus and how it is batched.
@@ -64,6 +106,10 @@ pub struct ModelConfig {
     pub d_embed: usize,
     /// Dropout between recurrent layers, in `[0, 1)`.
     pub dropout: f64,
+    /// `classify`, `tag` and the `seq2seq` encoder: also read every sequence backwards.
+    pub bidirectional: bool,
+    /// `classify`: `last` (the final state), `mean` or `max` over the steps.
+    pub pooling: ember_model::Pooling,
 }
 
 impl Default for ModelConfig {
@@ -74,6 +120,8 @@ impl Default for ModelConfig {
             d_hidden: 128,
             d_embed: 64,
             dropout: 0.0,
+            bidirectional: false,
+            pooling: ember_model::Pooling::Last,
         }
     }
 }
@@ -283,6 +331,17 @@ impl RunConfig {
         )?;
         positive("train.keep_checkpoints", self.train.keep_checkpoints)?;
         positive("train.log_every", self.train.log_every as usize)?;
+        if self.task.kind != TaskKind::LanguageModel {
+            positive("model.d_embed", self.model.d_embed)?;
+        }
+        if self.task.kind == TaskKind::LanguageModel && self.model.bidirectional {
+            return Err(
+                "`model.bidirectional` needs a whole-sequence task: a language model may not read the future"
+                    .into(),
+            );
+        }
+        positive("task.beam_width", self.task.beam_width)?;
+        positive("task.max_output_len", self.task.max_output_len)?;
         Ok(())
     }
 }

@@ -9,15 +9,27 @@ mod error;
 mod plot;
 mod run;
 mod step;
+mod task;
 mod trainer;
+mod training;
 
-pub use checkpoint::{Checkpoint, CheckpointDir, Progress, write_atomically};
-pub use config::{DataConfig, ModelConfig, OptimizerConfig, OptimizerKind, RunConfig, TrainConfig};
+pub use checkpoint::{
+    CarriedLoader, Checkpoint, CheckpointDir, Progress, no_carried, write_atomically,
+};
+pub use config::{
+    DataConfig, ModelConfig, OptimizerConfig, OptimizerKind, RunConfig, TaskConfig, TaskKind,
+    TrainConfig,
+};
 pub use error::TrainError;
 pub use plot::{plot_curves, plot_losses};
 pub use run::{EvalReport, Run};
 pub use step::GradientStep;
+pub use task::{
+    Example, LABELS_FILE, SequenceData, SequenceTask, Target, TaskRun, TaskTrainer, TaskVocab,
+    score,
+};
 pub use trainer::{
     CONFIG_FILE, METRICS_FILE, MetricsRecord, RunOutcome, Trainer, VOCAB_FILE, chunk_tensors,
     mean_loss, model_config, optimizer_for,
 };
+pub use training::{Evaluation, Training};

@@ -1,10 +1,7 @@
 //! The truncated-BPTT training loop.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::{
@@ -16,11 +13,11 @@ use ember_model::{CharLm, CharLmConfig, RecurrentState};
 use fs2::FileExt;
 use serde::{Deserialize, Serialize};
 
-use crate::TrainError;
 use crate::checkpoint::{CheckpointDir, Progress, write_atomically};
 use crate::config::{OptimizerConfig, OptimizerKind, RunConfig};
 use crate::error::io_error;
 use crate::step::GradientStep;
+use crate::{Evaluation, TrainError, Training};
 
 /// The resolved config of a run, inside its directory.
 pub const CONFIG_FILE: &str = "config.toml";
@@ -46,6 +43,10 @@ pub struct MetricsRecord {
     /// The validation loss, where evaluated at this step.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub val_loss: Option<f64>,
+    /// The validation accuracy of a sequence task, where evaluated (classes right, tags right,
+    /// or outputs exactly right).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub val_accuracy: Option<f64>,
     /// The epoch of this step's chunk.
     pub epoch: u64,
 }
@@ -290,75 +291,42 @@ impl Trainer {
             .prune(self.config.train.keep_checkpoints, best_step)?;
         Ok(dir)
     }
+}
 
-    /// Trains until `train.steps` or until `stop` is raised, logging metrics and writing
-    /// checkpoints; `on_record` sees every metrics line as it is written.
-    pub fn run(
-        &mut self,
-        stop: &AtomicBool,
-        mut on_record: impl FnMut(&MetricsRecord),
-    ) -> Result<RunOutcome, TrainError> {
-        let train_config = self.config.train.clone();
-        let metrics_path = self.run_dir.join(METRICS_FILE);
-        let mut metrics = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(io_error(&metrics_path))?;
-        let mut interval_start = Instant::now();
-        let mut interval_chars = self.progress.chars_seen;
-        while self.progress.step < train_config.steps {
-            if stop.load(Ordering::SeqCst) {
-                self.save_checkpoint()?;
-                return Ok(RunOutcome::Interrupted);
-            }
-            let lr = self.lr_at(self.progress.step);
-            let epoch = self.progress.cursor.epoch;
-            let (loss, grad_norm) = self.train_step()?;
-            let step = self.progress.step;
+impl Training for Trainer {
+    fn config(&self) -> &RunConfig {
+        &self.config
+    }
 
-            let val_loss = if train_config.eval_every > 0 && step % train_config.eval_every == 0 {
-                self.evaluate()
-            } else {
-                None
-            };
-            if let Some(val_loss) = val_loss
-                && self.progress.best.is_none_or(|(_, best)| val_loss < best)
-            {
-                self.progress.best = Some((step, val_loss));
-            }
-            if step % train_config.log_every == 0
-                || val_loss.is_some()
-                || step == train_config.steps
-            {
-                let seconds = interval_start.elapsed().as_secs_f64().max(1e-9);
-                let record = MetricsRecord {
-                    step,
-                    loss,
-                    lr,
-                    grad_norm,
-                    chars_per_sec: (self.progress.chars_seen - interval_chars) as f64 / seconds,
-                    val_loss,
-                    epoch,
-                };
-                interval_start = Instant::now();
-                interval_chars = self.progress.chars_seen;
-                let line = serde_json::to_string(&record).expect("metrics serialize");
-                writeln!(metrics, "{line}").map_err(io_error(&metrics_path))?;
-                metrics.flush().map_err(io_error(&metrics_path))?;
-                log::info!(
-                    "step {step} loss {loss:.4} lr {lr:.2e} grad_norm {grad_norm:.3}{}",
-                    val_loss
-                        .map(|v| format!(" val_loss {v:.4}"))
-                        .unwrap_or_default()
-                );
-                on_record(&record);
-            }
-            if step % train_config.checkpoint_every == 0 || step == train_config.steps {
-                self.save_checkpoint()?;
-            }
-        }
-        Ok(RunOutcome::Finished)
+    fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    fn progress(&mut self) -> &mut Progress {
+        &mut self.progress
+    }
+
+    fn lr_at(&self, step: u64) -> f64 {
+        self.optimizer.lr_at(step)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.progress.cursor.epoch
+    }
+
+    fn train_step(&mut self) -> Result<(f64, f64), TrainError> {
+        Trainer::train_step(self)
+    }
+
+    fn evaluate(&self) -> Option<Evaluation> {
+        Trainer::evaluate(self).map(|loss| Evaluation {
+            loss,
+            accuracy: None,
+        })
+    }
+
+    fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
+        Trainer::save_checkpoint(self)
     }
 }
 
@@ -425,7 +393,7 @@ pub fn mean_loss(model: &CharLm, chunks: impl Iterator<Item = Chunk>, device: &D
     total / count.max(1) as f64
 }
 
-fn lock_run_dir(run_dir: &Path) -> Result<File, TrainError> {
+pub(crate) fn lock_run_dir(run_dir: &Path) -> Result<File, TrainError> {
     let path = run_dir.join(LOCK_FILE);
     let file = OpenOptions::new()
         .create(true)
@@ -440,7 +408,7 @@ fn lock_run_dir(run_dir: &Path) -> Result<File, TrainError> {
 
 /// Drops the metrics lines after `step`: an interrupted run may have logged steps its last
 /// checkpoint does not hold, and the resumed run logs them again.
-fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
+pub(crate) fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
     let Ok(text) = fs::read_to_string(path) else {
         return Ok(());
     };

@@ -1,0 +1,656 @@
+//! Training on whole sequences, one per line: classification (many-to-one), tagging
+//! (many-to-many) and sequence to sequence, through the same optimizer step, metrics, run loop
+//! and checkpoints as the language model.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use ember_data::{DataError, LabelSet, PaddedBatch, TokenVocab, Vocab, load_labelled, load_pairs};
+use ember_model::{
+    DecodeConfig, Seq2Seq, Seq2SeqConfig, SequenceClassifier, SequenceClassifierConfig,
+    SequenceDecoderConfig, SequenceEncoderConfig, SequenceTagger, SequenceTaggerConfig,
+    cross_entropy,
+};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+use crate::checkpoint::{CheckpointDir, Progress, no_carried, write_atomically};
+use crate::config::{RunConfig, TaskKind};
+use crate::error::io_error;
+use crate::step::GradientStep;
+use crate::trainer::{CONFIG_FILE, METRICS_FILE, VOCAB_FILE, lock_run_dir, truncate_metrics};
+use crate::{Evaluation, TrainError, Training};
+
+/// The class names (or tag characters) of a run, inside its directory.
+pub const LABELS_FILE: &str = "labels.json";
+
+/// What a line asks the model for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One class.
+    Class(usize),
+    /// One tag per source step.
+    Tags(Vec<usize>),
+    /// A sequence of token ids, without start or end marks.
+    Sequence(Vec<usize>),
+}
+
+/// One line of a sequence dataset, encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    /// The input token ids.
+    pub source: Vec<usize>,
+    /// What the model should answer.
+    pub target: Target,
+}
+
+/// The vocabularies of a sequence task: input (and, for seq2seq, output) characters, and the
+/// class names or tag characters.
+#[derive(Debug, Clone)]
+pub struct TaskVocab {
+    /// Characters, with pad, start and end ids in front.
+    pub tokens: TokenVocab,
+    /// Class names (`classify`) or tag characters (`tag`); empty for `seq2seq`.
+    pub labels: LabelSet,
+}
+
+impl TaskVocab {
+    /// Reads a run's vocabularies.
+    pub fn load(run_dir: &Path) -> Result<Self, TrainError> {
+        let tokens = TokenVocab::new(Vocab::load(&run_dir.join(VOCAB_FILE))?);
+        let path = run_dir.join(LABELS_FILE);
+        let text = std::fs::read_to_string(&path).map_err(io_error(&path))?;
+        let names: Vec<String> =
+            serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+                path: path.clone(),
+                message: format!("not a labels file: {e}"),
+            })?;
+        Ok(TaskVocab {
+            tokens,
+            labels: LabelSet::new(names.iter().map(String::as_str)),
+        })
+    }
+
+    fn save(&self, run_dir: &Path) -> Result<(), TrainError> {
+        self.tokens.chars().save(&run_dir.join(VOCAB_FILE))?;
+        let json = serde_json::to_string(self.labels.names()).expect("labels serialize");
+        write_atomically(&run_dir.join(LABELS_FILE), json.as_bytes())
+    }
+
+    /// The ids of one input line; `origin` and `line` name it in errors.
+    pub fn encode_line(
+        &self,
+        text: &str,
+        origin: &Path,
+        line: usize,
+    ) -> Result<Vec<usize>, DataError> {
+        if text.is_empty() {
+            return Err(DataError::BadLine {
+                path: origin.to_path_buf(),
+                line,
+                message: "the text is empty".into(),
+            });
+        }
+        self.tokens.encode(text).map_err(|error| match error {
+            DataError::UnknownChar { ch, position, .. } => DataError::BadLine {
+                path: origin.to_path_buf(),
+                line,
+                message: format!(
+                    "character {ch:?} at column {} is not in the run's vocabulary",
+                    position + 1
+                ),
+            },
+            other => other,
+        })
+    }
+}
+
+/// A sequence dataset split into training and validation lines (the last `val_fraction` of the
+/// lines, as the language model holds out the end of its text).
+pub struct SequenceData {
+    /// The vocabularies.
+    pub vocab: TaskVocab,
+    /// Training examples.
+    pub train: Vec<Example>,
+    /// Validation examples.
+    pub val: Vec<Example>,
+}
+
+impl SequenceData {
+    /// Reads `config.data.path` for `config.task.kind`, with the given vocabularies or new ones.
+    pub fn load(config: &RunConfig, vocab: Option<TaskVocab>) -> Result<Self, TrainError> {
+        let path = &config.data.path;
+        let lines: Vec<(usize, String, String)> = match config.task.kind {
+            TaskKind::Classify => load_labelled(path)?
+                .into_iter()
+                .map(|e| (e.line, e.text, e.label))
+                .collect(),
+            TaskKind::Tag | TaskKind::Seq2seq => load_pairs(path)?
+                .into_iter()
+                .map(|p| (p.line, p.source, p.target))
+                .collect(),
+            TaskKind::LanguageModel => unreachable!("the language model reads a plain text"),
+        };
+        let kind = config.task.kind;
+        let vocab = match vocab {
+            Some(vocab) => vocab,
+            None => {
+                let mut chars: String = lines.iter().map(|l| l.1.as_str()).collect();
+                if kind == TaskKind::Seq2seq {
+                    chars.extend(lines.iter().map(|l| l.2.as_str()));
+                }
+                let labels = match kind {
+                    TaskKind::Classify => LabelSet::new(lines.iter().map(|l| l.2.as_str())),
+                    TaskKind::Tag => {
+                        let tags: Vec<String> = lines
+                            .iter()
+                            .flat_map(|l| l.2.chars())
+                            .map(String::from)
+                            .collect();
+                        LabelSet::new(tags.iter().map(String::as_str))
+                    }
+                    _ => LabelSet::new([]),
+                };
+                TaskVocab {
+                    tokens: TokenVocab::new(Vocab::from_text(&chars)?),
+                    labels,
+                }
+            }
+        };
+        let mut examples = Vec::with_capacity(lines.len());
+        for (line, source, target) in &lines {
+            let bad = |message: String| DataError::BadLine {
+                path: path.clone(),
+                line: *line,
+                message,
+            };
+            let source_ids = vocab.encode_line(source, path, *line)?;
+            let target = match kind {
+                TaskKind::Classify => Target::Class(
+                    vocab
+                        .labels
+                        .id(target)
+                        .ok_or_else(|| bad(format!("label `{target}` is not one of the run's")))?,
+                ),
+                TaskKind::Tag => {
+                    let tags = target
+                        .chars()
+                        .map(|c| {
+                            vocab.labels.id(&c.to_string()).ok_or_else(|| {
+                                bad(format!("tag {c:?} is not one of the run's tags"))
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    if tags.len() != source_ids.len() {
+                        return Err(bad(format!(
+                            "{} tags for {} characters: give one tag per character",
+                            tags.len(),
+                            source_ids.len()
+                        ))
+                        .into());
+                    }
+                    Target::Tags(tags)
+                }
+                _ => Target::Sequence(vocab.encode_line(target, path, *line)?),
+            };
+            examples.push(Example {
+                source: source_ids,
+                target,
+            });
+        }
+        let val_len = (examples.len() as f64 * config.data.val_fraction).round() as usize;
+        let val = examples.split_off(examples.len() - val_len);
+        if examples.is_empty() {
+            return Err(TrainError::Config {
+                origin: path.display().to_string(),
+                message: format!(
+                    "no training lines are left after holding out `data.val_fraction` = {}",
+                    config.data.val_fraction
+                ),
+            });
+        }
+        Ok(SequenceData {
+            vocab,
+            train: examples,
+            val,
+        })
+    }
+}
+
+/// A model that learns one of the sequence tasks.
+pub trait SequenceTask: Module + Sized {
+    /// The task it learns.
+    const KIND: TaskKind;
+
+    /// A new model for a run's config.
+    fn init(config: &RunConfig, vocab: &TaskVocab, device: &Device) -> Self;
+
+    /// The mean loss of a batch.
+    fn loss(&self, batch: &[&Example], config: &RunConfig, device: &Device) -> Tensor<1>;
+
+    /// The answers for a batch of inputs.
+    fn predict(&self, sources: &[Vec<usize>], config: &RunConfig, device: &Device) -> Vec<Target>;
+}
+
+fn encoder_config(config: &RunConfig, vocab: &TaskVocab) -> SequenceEncoderConfig {
+    let model = &config.model;
+    SequenceEncoderConfig::new(vocab.tokens.len(), model.cell, model.d_hidden)
+        .with_d_embed(model.d_embed)
+        .with_num_layers(model.num_layers)
+        .with_dropout(model.dropout)
+        .with_bidirectional(model.bidirectional)
+}
+
+fn padded<S: AsRef<[usize]>>(rows: &[S], device: &Device) -> (Tensor<2, Int>, PaddedBatch) {
+    let batch = PaddedBatch::new(rows, TokenVocab::PAD);
+    let ids = Tensor::from_data(
+        TensorData::new(batch.ids.clone(), [batch.batch_size, batch.max_len]),
+        device,
+    );
+    (ids, batch)
+}
+
+fn sources<'a>(batch: &[&'a Example]) -> Vec<&'a Vec<usize>> {
+    batch.iter().map(|e| &e.source).collect()
+}
+
+impl SequenceTask for SequenceClassifier {
+    const KIND: TaskKind = TaskKind::Classify;
+
+    fn init(config: &RunConfig, vocab: &TaskVocab, device: &Device) -> Self {
+        SequenceClassifierConfig::new(encoder_config(config, vocab), vocab.labels.len())
+            .with_pooling(config.model.pooling)
+            .init(device)
+    }
+
+    fn loss(&self, batch: &[&Example], _: &RunConfig, device: &Device) -> Tensor<1> {
+        let (ids, padding) = padded(&sources(batch), device);
+        let classes: Vec<i64> = batch
+            .iter()
+            .map(|e| match e.target {
+                Target::Class(class) => class as i64,
+                _ => unreachable!("a classification dataset holds classes"),
+            })
+            .collect();
+        let classes = Tensor::from_data(TensorData::new(classes, [batch.len()]), device);
+        cross_entropy(self.forward(ids, &padding.lengths), classes)
+    }
+
+    fn predict(&self, sources: &[Vec<usize>], _: &RunConfig, device: &Device) -> Vec<Target> {
+        let (ids, padding) = padded(sources, device);
+        let classes = SequenceClassifier::predict(self, ids, &padding.lengths);
+        classes.into_iter().map(Target::Class).collect()
+    }
+}
+
+impl SequenceTask for SequenceTagger {
+    const KIND: TaskKind = TaskKind::Tag;
+
+    fn init(config: &RunConfig, vocab: &TaskVocab, device: &Device) -> Self {
+        SequenceTaggerConfig::new(encoder_config(config, vocab), vocab.labels.len()).init(device)
+    }
+
+    fn loss(&self, batch: &[&Example], config: &RunConfig, device: &Device) -> Tensor<1> {
+        let (ids, padding) = padded(&sources(batch), device);
+        let tags: Vec<&Vec<usize>> = batch
+            .iter()
+            .map(|e| match &e.target {
+                Target::Tags(tags) => tags,
+                _ => unreachable!("a tagging dataset holds tags"),
+            })
+            .collect();
+        let (tags, _) = padded(&tags, device);
+        self.forward_loss(ids, &padding.lengths, tags, config.task.step_loss)
+    }
+
+    fn predict(&self, sources: &[Vec<usize>], _: &RunConfig, device: &Device) -> Vec<Target> {
+        let (ids, padding) = padded(sources, device);
+        let tags = SequenceTagger::predict(self, ids, &padding.lengths);
+        tags.into_iter().map(Target::Tags).collect()
+    }
+}
+
+impl SequenceTask for Seq2Seq {
+    const KIND: TaskKind = TaskKind::Seq2seq;
+
+    fn init(config: &RunConfig, vocab: &TaskVocab, device: &Device) -> Self {
+        let model = &config.model;
+        let decoder = SequenceDecoderConfig::new(vocab.tokens.len(), model.cell, model.d_hidden)
+            .with_d_embed(model.d_embed)
+            .with_num_layers(model.num_layers)
+            .with_dropout(model.dropout);
+        Seq2SeqConfig::new(encoder_config(config, vocab), decoder).init(device)
+    }
+
+    fn loss(&self, batch: &[&Example], _: &RunConfig, device: &Device) -> Tensor<1> {
+        let (source, padding) = padded(&sources(batch), device);
+        let targets: Vec<&Vec<usize>> = batch
+            .iter()
+            .map(|e| match &e.target {
+                Target::Sequence(ids) => ids,
+                _ => unreachable!("a pair dataset holds sequences"),
+            })
+            .collect();
+        let (inputs, outputs) = TokenVocab::teacher_forcing(&targets);
+        let tensor = |b: &PaddedBatch| {
+            Tensor::<2, Int>::from_data(
+                TensorData::new(b.ids.clone(), [b.batch_size, b.max_len]),
+                device,
+            )
+        };
+        let mask = Tensor::from_data(
+            TensorData::new(outputs.mask(), [outputs.batch_size, outputs.max_len]),
+            device,
+        );
+        self.forward_loss(
+            source,
+            &padding.lengths,
+            tensor(&inputs),
+            tensor(&outputs),
+            mask,
+        )
+    }
+
+    fn predict(&self, sources: &[Vec<usize>], config: &RunConfig, device: &Device) -> Vec<Target> {
+        let (source, padding) = padded(sources, device);
+        let decode =
+            DecodeConfig::new(TokenVocab::BOS, TokenVocab::EOS, config.task.max_output_len)
+                .with_beam_width(config.task.beam_width);
+        self.decode(source, &padding.lengths, &decode)
+            .into_iter()
+            .map(|h| Target::Sequence(h.ids))
+            .collect()
+    }
+}
+
+/// How much of `predicted` matches `expected`: `(right, out of)`; a class or a whole output
+/// sequence counts once, tags count one per step.
+pub fn score(predicted: &Target, expected: &Target) -> (usize, usize) {
+    match (predicted, expected) {
+        (Target::Tags(p), Target::Tags(e)) => {
+            (p.iter().zip(e).filter(|(a, b)| a == b).count(), e.len())
+        }
+        (p, e) => (usize::from(p == e), 1),
+    }
+}
+
+/// A sequence model, its optimizer and its dataset, in a run directory.
+pub struct TaskTrainer<M: SequenceTask> {
+    config: RunConfig,
+    run_dir: PathBuf,
+    device: Device,
+    model: M,
+    optimizer: GradientStep,
+    data: SequenceData,
+    progress: Progress,
+    checkpoints: CheckpointDir,
+    _lock: File,
+}
+
+impl<M: SequenceTask> TaskTrainer<M> {
+    /// Starts a new run in `run_dir` (created; it must not hold a run already).
+    pub fn create(config: RunConfig, run_dir: &Path, device: &Device) -> Result<Self, TrainError> {
+        if run_dir.join(CONFIG_FILE).exists() {
+            return Err(TrainError::RunExists(run_dir.to_path_buf()));
+        }
+        let data = SequenceData::load(&config, None)?;
+        std::fs::create_dir_all(run_dir).map_err(io_error(run_dir))?;
+        let lock = lock_run_dir(run_dir)?;
+        data.vocab.save(run_dir)?;
+        write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+        let _ = std::fs::remove_file(run_dir.join(METRICS_FILE));
+        let train_device = device.clone().autodiff();
+        train_device.seed(config.train.seed);
+        let model = M::init(&config, &data.vocab, &train_device);
+        Ok(TaskTrainer {
+            optimizer: GradientStep::new(&config.optimizer),
+            checkpoints: CheckpointDir::new(run_dir),
+            run_dir: run_dir.to_path_buf(),
+            device: device.clone(),
+            model,
+            data,
+            progress: Progress {
+                step: 0,
+                cursor: Default::default(),
+                best: None,
+                chars_seen: 0,
+            },
+            config,
+            _lock: lock,
+        })
+    }
+
+    /// Reopens the run in `run_dir` at its newest intact checkpoint.
+    pub fn resume(
+        run_dir: &Path,
+        overrides: &[String],
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        let lock = lock_run_dir(run_dir)?;
+        let (config, vocab) = open_run(run_dir, overrides)?;
+        let data = SequenceData::load(&config, Some(vocab))?;
+        let train_device = device.clone().autodiff();
+        let template = M::init(&config, &data.vocab, &train_device);
+        let checkpoints = CheckpointDir::new(run_dir);
+        let checkpoint = checkpoints.load_latest_with(
+            template,
+            GradientStep::new(&config.optimizer).optimizer().clone(),
+            &train_device,
+            no_carried,
+        )?;
+        truncate_metrics(&run_dir.join(METRICS_FILE), checkpoint.progress.step)?;
+        write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+        Ok(TaskTrainer {
+            optimizer: GradientStep::with_optimizer(&config.optimizer, checkpoint.optimizer),
+            checkpoints,
+            run_dir: run_dir.to_path_buf(),
+            device: device.clone(),
+            model: checkpoint.model,
+            data,
+            progress: checkpoint.progress,
+            config,
+            _lock: lock,
+        })
+    }
+
+    fn batches_per_epoch(&self) -> u64 {
+        self.data.train.len().div_ceil(self.config.data.batch_size) as u64
+    }
+
+    /// The training examples of `step`: each epoch reads the lines in its own seeded order, so a
+    /// resumed run draws the batches an uninterrupted one would.
+    fn batch_at(&self, step: u64) -> Vec<&Example> {
+        let epoch = step / self.batches_per_epoch();
+        let index = (step % self.batches_per_epoch()) as usize;
+        let mut order: Vec<usize> = (0..self.data.train.len()).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+            self.config.train.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        ));
+        let size = self.config.data.batch_size;
+        order
+            .iter()
+            .skip(index * size)
+            .take(size)
+            .map(|&i| &self.data.train[i])
+            .collect()
+    }
+}
+
+/// A sequence run's config (with `overrides`, which may change `[train]`, `[optimizer]` and
+/// `[task]` decoding but not the data or the model) and vocabularies.
+fn open_run(run_dir: &Path, overrides: &[String]) -> Result<(RunConfig, TaskVocab), TrainError> {
+    let saved = RunConfig::load(&run_dir.join(CONFIG_FILE), &[])?;
+    let config = RunConfig::load(&run_dir.join(CONFIG_FILE), overrides)?;
+    if config.data != saved.data
+        || config.model != saved.model
+        || config.task.kind != saved.task.kind
+    {
+        return Err(TrainError::Config {
+            origin: "--set".into(),
+            message: "a resumed run keeps its [data], [model] and task kind".into(),
+        });
+    }
+    Ok((config, TaskVocab::load(run_dir)?))
+}
+
+impl<M: SequenceTask> Training for TaskTrainer<M> {
+    fn config(&self) -> &RunConfig {
+        &self.config
+    }
+
+    fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    fn progress(&mut self) -> &mut Progress {
+        &mut self.progress
+    }
+
+    fn lr_at(&self, step: u64) -> f64 {
+        self.optimizer.lr_at(step)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.progress.step / self.batches_per_epoch()
+    }
+
+    fn train_step(&mut self) -> Result<(f64, f64), TrainError> {
+        let step = self.progress.step;
+        let train_device = self.device.clone().autodiff();
+        train_device.seed(
+            self.config
+                .train
+                .seed
+                .wrapping_add(step.wrapping_mul(0x9E37_79B9)),
+        );
+        let batch = self.batch_at(step);
+        let chars: usize = batch.iter().map(|e| e.source.len()).sum();
+        let loss = self.model.loss(&batch, &self.config, &train_device);
+        let loss_value = loss.clone().into_scalar::<f64>();
+        if !loss_value.is_finite() {
+            return Err(TrainError::NonFiniteLoss {
+                step: step + 1,
+                loss: loss_value,
+            });
+        }
+        let (model, grad_norm) = self.optimizer.apply(self.model.clone(), loss, step);
+        self.model = model;
+        self.progress.step += 1;
+        self.progress.chars_seen += chars as u64;
+        Ok((loss_value, grad_norm))
+    }
+
+    fn evaluate(&self) -> Option<Evaluation> {
+        if self.data.val.is_empty() {
+            return None;
+        }
+        let model = self.model.valid();
+        let (mut loss, mut right, mut total) = (0.0, 0, 0);
+        for batch in self.data.val.chunks(self.config.data.batch_size) {
+            let batch: Vec<&Example> = batch.iter().collect();
+            loss += model
+                .loss(&batch, &self.config, &self.device)
+                .into_scalar::<f64>()
+                * batch.len() as f64;
+            let sources: Vec<Vec<usize>> = batch.iter().map(|e| e.source.clone()).collect();
+            for (predicted, example) in model
+                .predict(&sources, &self.config, &self.device)
+                .iter()
+                .zip(&batch)
+            {
+                let (r, t) = score(predicted, &example.target);
+                right += r;
+                total += t;
+            }
+        }
+        Some(Evaluation {
+            loss: loss / self.data.val.len() as f64,
+            accuracy: Some(right as f64 / total.max(1) as f64),
+        })
+    }
+
+    fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
+        let dir = self.checkpoints.save(
+            &self.model,
+            self.optimizer.optimizer(),
+            None,
+            &self.progress,
+        )?;
+        let best_step = self.progress.best.map(|(step, _)| step);
+        self.checkpoints
+            .prune(self.config.train.keep_checkpoints, best_step)?;
+        Ok(dir)
+    }
+}
+
+/// A finished (or running) sequence run, opened to answer new inputs.
+pub struct TaskRun<M: SequenceTask> {
+    /// Its resolved config.
+    pub config: RunConfig,
+    /// Its vocabularies.
+    pub vocab: TaskVocab,
+    /// The weights of its newest intact checkpoint, on a device without autodiff.
+    pub model: M,
+}
+
+impl<M: SequenceTask> TaskRun<M> {
+    /// Opens `run_dir`.
+    pub fn open(run_dir: &Path, device: &Device) -> Result<Self, TrainError> {
+        if !run_dir.join(CONFIG_FILE).is_file() {
+            return Err(TrainError::Io {
+                path: run_dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no run in this directory",
+                ),
+            });
+        }
+        let (config, vocab) = open_run(run_dir, &[])?;
+        let template = M::init(&config, &vocab, device);
+        let checkpoint = CheckpointDir::new(run_dir).load_latest_with(
+            template,
+            GradientStep::new(&config.optimizer).optimizer().clone(),
+            device,
+            no_carried,
+        )?;
+        Ok(TaskRun {
+            config,
+            vocab,
+            model: checkpoint.model,
+        })
+    }
+
+    /// The answer to every line of `text` (`origin` names it in errors), as text: the class
+    /// name, the tag string, or the output sequence.
+    pub fn answer(
+        &self,
+        text: &str,
+        origin: &Path,
+        device: &Device,
+    ) -> Result<Vec<String>, TrainError> {
+        let mut sources = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            sources.push(self.vocab.encode_line(line, origin, index + 1)?);
+        }
+        let mut answers = Vec::with_capacity(sources.len());
+        for chunk in sources.chunks(self.config.data.batch_size.max(1)) {
+            for target in self.model.predict(chunk, &self.config, device) {
+                answers.push(match target {
+                    Target::Class(class) => {
+                        self.vocab.labels.name(class).unwrap_or("?").to_string()
+                    }
+                    Target::Tags(tags) => tags
+                        .iter()
+                        .map(|&t| self.vocab.labels.name(t).unwrap_or("?"))
+                        .collect(),
+                    Target::Sequence(ids) => self.vocab.tokens.decode(ids)?,
+                });
+            }
+        }
+        Ok(answers)
+    }
+}

@@ -1,0 +1,122 @@
+//! The loop every Ember run goes through: steps, metrics lines, evaluation, checkpoints, stop.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crate::TrainError;
+use crate::checkpoint::Progress;
+use crate::config::RunConfig;
+use crate::error::io_error;
+use crate::trainer::{METRICS_FILE, MetricsRecord, RunOutcome};
+
+/// What an evaluation on the validation split measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    /// The mean loss.
+    pub loss: f64,
+    /// The share right, for tasks with discrete answers.
+    pub accuracy: Option<f64>,
+}
+
+/// A run being trained: the character model's truncated-BPTT [`Trainer`](crate::Trainer) or a
+/// sequence task's [`TaskTrainer`](crate::TaskTrainer). [`run`](Self::run) is their one loop.
+pub trait Training {
+    /// The resolved configuration.
+    fn config(&self) -> &RunConfig;
+    /// The run directory.
+    fn run_dir(&self) -> &Path;
+    /// The counters, for the loop to record the best validation loss in.
+    fn progress(&mut self) -> &mut Progress;
+    /// The learning rate at `step`.
+    fn lr_at(&self, step: u64) -> f64;
+    /// The epoch the next step reads from.
+    fn epoch(&self) -> u64;
+    /// One optimizer step; returns its loss and the gradient norm before clipping.
+    fn train_step(&mut self) -> Result<(f64, f64), TrainError>;
+    /// Measures the model on the validation split, if there is one.
+    fn evaluate(&self) -> Option<Evaluation>;
+    /// Writes a checkpoint and prunes old ones.
+    fn save_checkpoint(&self) -> Result<PathBuf, TrainError>;
+
+    /// Trains until `train.steps` or until `stop` is raised, logging metrics and writing
+    /// checkpoints; `on_record` sees every metrics line as it is written.
+    fn run(
+        &mut self,
+        stop: &AtomicBool,
+        on_record: &mut dyn FnMut(&MetricsRecord),
+    ) -> Result<RunOutcome, TrainError> {
+        let train_config = self.config().train.clone();
+        let metrics_path = self.run_dir().join(METRICS_FILE);
+        let mut metrics = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(io_error(&metrics_path))?;
+        let mut interval_start = Instant::now();
+        let mut interval_chars = self.progress().chars_seen;
+        while self.progress().step < train_config.steps {
+            if stop.load(Ordering::SeqCst) {
+                self.save_checkpoint()?;
+                return Ok(RunOutcome::Interrupted);
+            }
+            let next_step = self.progress().step;
+            let lr = self.lr_at(next_step);
+            let epoch = self.epoch();
+            let (loss, grad_norm) = self.train_step()?;
+            let step = self.progress().step;
+
+            let evaluation = if train_config.eval_every > 0 && step % train_config.eval_every == 0 {
+                self.evaluate()
+            } else {
+                None
+            };
+            if let Some(evaluation) = evaluation {
+                let progress = self.progress();
+                if progress.best.is_none_or(|(_, best)| evaluation.loss < best) {
+                    progress.best = Some((step, evaluation.loss));
+                }
+            }
+            if step % train_config.log_every == 0
+                || evaluation.is_some()
+                || step == train_config.steps
+            {
+                let seconds = interval_start.elapsed().as_secs_f64().max(1e-9);
+                let chars_seen = self.progress().chars_seen;
+                let record = MetricsRecord {
+                    step,
+                    loss,
+                    lr,
+                    grad_norm,
+                    chars_per_sec: (chars_seen - interval_chars) as f64 / seconds,
+                    val_loss: evaluation.map(|e| e.loss),
+                    val_accuracy: evaluation.and_then(|e| e.accuracy),
+                    epoch,
+                };
+                interval_start = Instant::now();
+                interval_chars = chars_seen;
+                let line = serde_json::to_string(&record).expect("metrics serialize");
+                writeln!(metrics, "{line}").map_err(io_error(&metrics_path))?;
+                metrics.flush().map_err(io_error(&metrics_path))?;
+                log::info!(
+                    "step {step} loss {loss:.4} lr {lr:.2e} grad_norm {grad_norm:.3}{}{}",
+                    record
+                        .val_loss
+                        .map(|v| format!(" val_loss {v:.4}"))
+                        .unwrap_or_default(),
+                    record
+                        .val_accuracy
+                        .map(|v| format!(" val_accuracy {v:.4}"))
+                        .unwrap_or_default()
+                );
+                on_record(&record);
+            }
+            if step % train_config.checkpoint_every == 0 || step == train_config.steps {
+                self.save_checkpoint()?;
+            }
+        }
+        Ok(RunOutcome::Finished)
+    }
+}
