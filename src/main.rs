@@ -45,6 +45,10 @@ enum Command {
     Predict(PredictArgs),
     /// Draw a run's training and validation loss curves as an SVG image in the run directory.
     Plot(PlotArgs),
+    /// Turn a PyTorch character model's state dict into a run directory.
+    ImportTorch(ImportTorchArgs),
+    /// Write a run's newest weights as a PyTorch state dict (.safetensors).
+    ExportTorch(ExportTorchArgs),
     /// List the backends compiled into this binary.
     Devices,
 }
@@ -111,6 +115,34 @@ struct PredictArgs {
 }
 
 #[derive(Args)]
+struct ImportTorchArgs {
+    /// `torch.save(model.state_dict())` (.pt) or the same as .safetensors, with the keys
+    /// embedding.weight, rnn.weight_ih_l{k}, rnn.weight_hh_l{k}, rnn.bias_ih_l{k},
+    /// rnn.bias_hh_l{k}, head.weight, head.bias.
+    #[arg(long)]
+    state_dict: PathBuf,
+    /// The recurrence of the `rnn` module: rnn, lstm or gru.
+    #[arg(long)]
+    cell: ember_model::CellKind,
+    /// The text whose sorted distinct characters are the model's vocabulary.
+    #[arg(long)]
+    vocab_from: PathBuf,
+    /// The run directory to create.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct ExportTorchArgs {
+    /// The run directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// The .safetensors file to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
 struct PlotArgs {
     /// The run directory.
     #[arg(long)]
@@ -150,6 +182,32 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval(args, &device),
         Command::Predict(args) => predict(args, &device),
         Command::Plot(args) => plot(args),
+        Command::ImportTorch(args) => {
+            let model = ember_train::import_torch(
+                &args.state_dict,
+                args.cell,
+                &args.vocab_from,
+                &args.out,
+                &device,
+            )?;
+            println!(
+                "imported a {}-layer {} of hidden size {} over {} characters into {} \
+                 (sample it: ember sample --run {})",
+                model.rnn.num_layers(),
+                args.cell,
+                model.rnn.d_hidden(),
+                model.vocab_size(),
+                args.out.display(),
+                args.out.display()
+            );
+            Ok(())
+        }
+        Command::ExportTorch(args) => {
+            expect_language_model(&args.run, "export-torch")?;
+            let tensors = ember_train::export_torch(&args.run, &args.out, &device)?;
+            println!("{} ({tensors} tensors)", args.out.display());
+            Ok(())
+        }
         Command::Devices => unreachable!("handled above"),
     }
 }

@@ -7,6 +7,7 @@ pub mod clip;
 mod config;
 mod error;
 mod plot;
+mod pytorch;
 mod run;
 mod step;
 mod task;
@@ -22,6 +23,7 @@ pub use config::{
 };
 pub use error::TrainError;
 pub use plot::{plot_curves, plot_losses};
+pub use pytorch::{export_torch, import_torch};
 pub use run::{EvalReport, Run};
 pub use step::GradientStep;
 pub use task::{
