@@ -1,5 +1,6 @@
 //! `ember`: train, sample, evaluate and plot character-level recurrent networks.
 
+mod bench;
 mod device;
 
 use std::io::{IsTerminal, Write};
@@ -49,6 +50,8 @@ enum Command {
     ImportTorch(ImportTorchArgs),
     /// Write a run's newest weights as a PyTorch state dict (.safetensors).
     ExportTorch(ExportTorchArgs),
+    /// Measure training and sampling throughput and peak memory, one JSON line per case.
+    Bench(BenchArgs),
     /// List the backends compiled into this binary.
     Devices,
 }
@@ -143,6 +146,19 @@ struct ExportTorchArgs {
 }
 
 #[derive(Args)]
+struct BenchArgs {
+    /// Only the cases whose name contains this (e.g. `lstm-2x128`); default: all.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Measure exactly this case in this process (what `ember bench` runs per child).
+    #[arg(long, conflicts_with = "filter")]
+    case: Option<String>,
+    /// Seconds of training to time per model (sampling gets half).
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+}
+
+#[derive(Args)]
 struct PlotArgs {
     /// The run directory.
     #[arg(long)]
@@ -176,12 +192,22 @@ fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     let device = device::select(cli.device.as_deref())?;
+    let cli_device = cli.device.clone();
     match cli.command {
         Command::Train(args) => train(args, &device, interactive),
         Command::Sample(args) => sample(args, &device),
         Command::Eval(args) => eval(args, &device),
         Command::Predict(args) => predict(args, &device),
         Command::Plot(args) => plot(args),
+        Command::Bench(args) => {
+            if !(args.seconds.is_finite() && args.seconds > 0.0) {
+                bail!("--seconds must be positive, got {}", args.seconds);
+            }
+            match &args.case {
+                Some(case) => bench::run_case(case, &device, args.seconds),
+                None => bench::run_all(args.filter.as_deref(), cli_device.as_deref(), args.seconds),
+            }
+        }
         Command::ImportTorch(args) => {
             let model = ember_train::import_torch(
                 &args.state_dict,

@@ -1,0 +1,272 @@
+//! `ember bench`: training and sampling throughput of the character model, one JSON line per
+//! case, with `burn::nn::Lstm` measured in the same run as the baseline and the PyTorch figures
+//! of the speed issue beside it. Each case runs in a child process of its own, so its peak
+//! resident memory is its own.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, LstmConfig};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Distribution, Int, Tensor};
+use ember_model::{CellKind, CharLm, CharLmConfig, SampleConfig};
+use serde::Serialize;
+
+const VOCAB: usize = 65;
+const D_EMBED: usize = 64;
+
+/// One configuration to measure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Case {
+    cell: CellKind,
+    num_layers: usize,
+    d_hidden: usize,
+    batch_size: usize,
+    seq_len: usize,
+    /// PyTorch 2.15 on this machine's kind, 2 threads (the speed issue's table): train, sample.
+    pytorch: Option<(f64, f64)>,
+}
+
+impl Case {
+    fn name(&self) -> String {
+        format!(
+            "{}-{}x{}-b{}-s{}",
+            self.cell, self.num_layers, self.d_hidden, self.batch_size, self.seq_len
+        )
+    }
+}
+
+/// The speed issue's four reference rows, then the torch-rnn grid.
+pub fn cases() -> Vec<Case> {
+    let reference = |cell, d_hidden, train, sample| Case {
+        cell,
+        num_layers: 2,
+        d_hidden,
+        batch_size: 32,
+        seq_len: 64,
+        pytorch: Some((train, sample)),
+    };
+    let mut cases = vec![
+        reference(CellKind::Lstm, 128, 146_000.0, 5_500.0),
+        reference(CellKind::Gru, 128, 63_000.0, 11_200.0),
+        reference(CellKind::Rnn, 128, 166_000.0, 15_000.0),
+        reference(CellKind::Lstm, 512, 12_400.0, 690.0),
+    ];
+    for num_layers in 1..=3 {
+        for d_hidden in [64, 128, 256, 512] {
+            cases.push(Case {
+                cell: CellKind::Lstm,
+                num_layers,
+                d_hidden,
+                batch_size: 50,
+                seq_len: 50,
+                pytorch: None,
+            });
+        }
+    }
+    cases
+}
+
+#[derive(Serialize)]
+struct Report {
+    case: String,
+    cell: String,
+    num_layers: usize,
+    d_hidden: usize,
+    batch_size: usize,
+    seq_len: usize,
+    train_chars_per_sec: f64,
+    sample_chars_per_sec: f64,
+    peak_rss_mb: f64,
+    /// `burn::nn::Lstm` stacked, same sizes and loop (LSTM cases only).
+    baseline_burn_lstm_train_chars_per_sec: Option<f64>,
+    /// Ember's training throughput over the baseline's.
+    ratio_to_burn_lstm: Option<f64>,
+    pytorch_train_chars_per_sec: Option<f64>,
+    pytorch_sample_chars_per_sec: Option<f64>,
+    ratio_to_pytorch_train: Option<f64>,
+    ratio_to_pytorch_sample: Option<f64>,
+}
+
+/// The stack `burn::nn::Lstm` gives, used the plain way: the baseline Ember's cells must beat.
+#[derive(Module, Debug)]
+struct BurnLstmLm {
+    embedding: Embedding,
+    layers: Vec<burn::nn::Lstm>,
+    head: Linear,
+}
+
+impl BurnLstmLm {
+    fn new(case: &Case, device: &Device) -> Self {
+        BurnLstmLm {
+            embedding: EmbeddingConfig::new(VOCAB, D_EMBED).init(device),
+            layers: (0..case.num_layers)
+                .map(|k| {
+                    let d_input = if k == 0 { D_EMBED } else { case.d_hidden };
+                    LstmConfig::new(d_input, case.d_hidden, true).init(device)
+                })
+                .collect(),
+            head: LinearConfig::new(case.d_hidden, VOCAB).init(device),
+        }
+    }
+
+    fn loss(&self, ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
+        let mut x = self.embedding.forward(ids);
+        for layer in &self.layers {
+            x = layer.forward(x, None).0;
+        }
+        CharLm::loss(self.head.forward(x), targets)
+    }
+}
+
+/// Runs `step` for about `budget` after two warm-up calls; returns steps per second.
+fn steps_per_sec(budget: Duration, mut step: impl FnMut()) -> f64 {
+    step();
+    step();
+    let start = Instant::now();
+    let mut steps = 0u32;
+    while steps < 3 || start.elapsed() < budget {
+        step();
+        steps += 1;
+    }
+    f64::from(steps) / start.elapsed().as_secs_f64()
+}
+
+fn random_ids(case: &Case, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
+    let shape = [case.batch_size, case.seq_len];
+    let ids = Tensor::<2>::random(shape, Distribution::Uniform(0.0, VOCAB as f64), device).int();
+    let targets =
+        Tensor::<2>::random(shape, Distribution::Uniform(0.0, VOCAB as f64), device).int();
+    (ids, targets)
+}
+
+fn measure(case: &Case, device: &Device, budget: Duration) -> Report {
+    let train_device = device.clone().autodiff();
+    train_device.seed(1);
+    let chars = (case.batch_size * case.seq_len) as f64;
+
+    let mut model = CharLmConfig::new(VOCAB, case.cell, case.d_hidden)
+        .with_num_layers(case.num_layers)
+        .with_d_embed(D_EMBED)
+        .init(&train_device);
+    let mut optimizer = AdamConfig::new().init();
+    let (ids, targets) = random_ids(case, &train_device);
+    // Truncated BPTT as training runs it: the state carried and detached between chunks.
+    let mut state = None;
+    let train = chars
+        * steps_per_sec(budget, || {
+            let (loss, next) = model.forward_loss(ids.clone(), targets.clone(), state.take());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optimizer.step(2e-3, model.clone(), grads);
+            state = Some(next.detach());
+        });
+
+    let valid = model.valid();
+    let mut sampler = valid
+        .sampler(&[0], SampleConfig::new().with_seed(1), device)
+        .expect("a valid prime");
+    let sample = steps_per_sec(budget / 2, || {
+        sampler.next();
+    });
+
+    let baseline = (case.cell == CellKind::Lstm).then(|| {
+        let mut model = BurnLstmLm::new(case, &train_device);
+        let mut optimizer = AdamConfig::new().init();
+        chars
+            * steps_per_sec(budget, || {
+                let loss = model.loss(ids.clone(), targets.clone());
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = optimizer.step(2e-3, model.clone(), grads);
+            })
+    });
+
+    let pytorch = case.pytorch;
+    Report {
+        case: case.name(),
+        cell: case.cell.to_string(),
+        num_layers: case.num_layers,
+        d_hidden: case.d_hidden,
+        batch_size: case.batch_size,
+        seq_len: case.seq_len,
+        train_chars_per_sec: train.round(),
+        sample_chars_per_sec: sample.round(),
+        peak_rss_mb: peak_rss_mb(),
+        baseline_burn_lstm_train_chars_per_sec: baseline.map(f64::round),
+        ratio_to_burn_lstm: baseline.map(|b| round3(train / b)),
+        pytorch_train_chars_per_sec: pytorch.map(|p| p.0),
+        pytorch_sample_chars_per_sec: pytorch.map(|p| p.1),
+        ratio_to_pytorch_train: pytorch.map(|p| round3(train / p.0)),
+        ratio_to_pytorch_sample: pytorch.map(|p| round3(sample / p.1)),
+    }
+}
+
+fn round3(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
+/// This process's peak resident memory (Linux `VmHWM`), in MB; 0 where unknown.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(round3(kb / 1024.0))
+        })
+        .unwrap_or(0.0)
+}
+
+/// Measures one case in this process and prints its JSON line.
+pub fn run_case(name: &str, device: &Device, seconds: f64) -> Result<()> {
+    let Some(case) = cases().into_iter().find(|c| c.name() == name) else {
+        bail!(
+            "no bench case `{name}`; cases: {}",
+            cases()
+                .iter()
+                .map(Case::name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let report = measure(&case, device, Duration::from_secs_f64(seconds));
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// Measures every case (or those whose name contains `filter`), each in a child process.
+pub fn run_all(filter: Option<&str>, device_name: Option<&str>, seconds: f64) -> Result<()> {
+    let exe = std::env::current_exe().context("finding the ember binary")?;
+    let selected: Vec<Case> = cases()
+        .into_iter()
+        .filter(|c| filter.is_none_or(|f| c.name().contains(f)))
+        .collect();
+    if selected.is_empty() {
+        bail!("no bench case matches `{}`", filter.unwrap_or_default());
+    }
+    for case in selected {
+        let mut command = std::process::Command::new(&exe);
+        if let Some(device) = device_name {
+            command.args(["--device", device]);
+        }
+        let output = command
+            .args([
+                "bench",
+                "--case",
+                &case.name(),
+                "--seconds",
+                &seconds.to_string(),
+            ])
+            .output()
+            .context("running a bench case")?;
+        if !output.status.success() {
+            bail!(
+                "bench case {} failed: {}",
+                case.name(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        print!("{}", String::from_utf8_lossy(&output.stdout));
+    }
+    Ok(())
+}
