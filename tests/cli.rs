@@ -132,6 +132,89 @@ fn killed_run_resumes_from_its_last_checkpoint() {
     assert_eq!(losses(&killed), losses(&straight));
 }
 
+/// SIGKILL again and again at pseudo-random moments, with a checkpoint written after every step,
+/// so many kills land inside a checkpoint write: after every kill the run resumes, and once
+/// left to finish it logs the losses of a run that was never killed.
+#[test]
+fn repeated_random_kills_never_lose_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let straight = dir.path().join("straight");
+    let killed = dir.path().join("killed");
+    let settings = [
+        "train.steps=2000",
+        "train.checkpoint_every=1",
+        "train.keep_checkpoints=2",
+        "train.eval_every=0",
+    ];
+    run_ok(&mut train(&straight, &settings));
+
+    // A fixed linear congruential sequence of delays: the same kill points on every run.
+    let mut state: u64 = 2026;
+    let mut delay = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        Duration::from_millis(20 + (state >> 33) % 400)
+    };
+    let (mut before_first_checkpoint, mut mid_run, mut already_done) = (0, 0, 0);
+    for attempt in 0..15 {
+        let mut command = if killed.join("config.toml").exists() {
+            resume(&killed, &[])
+        } else {
+            train(&killed, &settings)
+        };
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay());
+        if let Some(status) = child.try_wait().unwrap() {
+            let stderr = child.wait_with_output().unwrap().stderr;
+            assert!(
+                status.success(),
+                "attempt {attempt}: {}",
+                String::from_utf8_lossy(&stderr)
+            );
+            already_done += 1;
+            continue;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let checkpoints = std::fs::read_dir(killed.join("checkpoints"))
+            .map(|entries| {
+                entries
+                    .filter(|e| {
+                        let name = e.as_ref().unwrap().file_name();
+                        name.to_string_lossy().starts_with("step-")
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if checkpoints == 0 {
+            before_first_checkpoint += 1;
+        } else {
+            mid_run += 1;
+        }
+    }
+    eprintln!(
+        "kills before the first checkpoint {before_first_checkpoint}, during training \
+         {mid_run}; runs already finished {already_done}"
+    );
+    assert!(
+        mid_run >= 5,
+        "too few kills landed mid-run to mean anything"
+    );
+    run_ok(&mut resume(&killed, &[]));
+    assert_eq!(losses(&killed), losses(&straight));
+
+    // Killed before its first checkpoint: the directory holds a config and no checkpoint, and
+    // resuming starts the run again from its seed.
+    std::fs::remove_dir_all(killed.join("checkpoints")).unwrap();
+    run_ok(&mut resume(&killed, &[]));
+    assert_eq!(losses(&killed), losses(&straight));
+}
+
 #[cfg(unix)]
 #[test]
 fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {

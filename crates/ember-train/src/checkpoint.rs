@@ -35,6 +35,18 @@ pub struct Progress {
     pub chars_seen: u64,
 }
 
+impl Progress {
+    /// Where a new run starts.
+    pub fn start() -> Self {
+        Progress {
+            step: 0,
+            cursor: Cursor::default(),
+            best: None,
+            chars_seen: 0,
+        }
+    }
+}
+
 /// What a checkpoint restores.
 pub struct Checkpoint<M = CharLm> {
     /// The model weights.

@@ -60,13 +60,7 @@ pub fn import_torch(
     std::fs::create_dir_all(out).map_err(io_error(out))?;
     let _lock = lock_run_dir(out)?;
     corpus.vocab.save(&out.join(VOCAB_FILE))?;
-    let progress = Progress {
-        step: 0,
-        cursor: Default::default(),
-        best: None,
-        chars_seen: 0,
-    };
-    CheckpointDir::new(out).save(&model, &optimizer_for(&config), None, &progress)?;
+    CheckpointDir::new(out).save(&model, &optimizer_for(&config), None, &Progress::start())?;
     // The config goes last: a directory with a config is a run, so it must be complete.
     write_atomically(&out.join(CONFIG_FILE), config.to_toml().as_bytes())?;
     Ok(model)

@@ -17,7 +17,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use crate::checkpoint::{CheckpointDir, Progress, no_carried, write_atomically};
+use crate::checkpoint::{Checkpoint, CheckpointDir, Progress, no_carried, write_atomically};
 use crate::config::{RunConfig, TaskKind};
 use crate::error::io_error;
 use crate::step::GradientStep;
@@ -412,12 +412,7 @@ impl<M: SequenceTask> TaskTrainer<M> {
             device: device.clone(),
             model,
             data,
-            progress: Progress {
-                step: 0,
-                cursor: Default::default(),
-                best: None,
-                chars_seen: 0,
-            },
+            progress: Progress::start(),
             config,
             _lock: lock,
         })
@@ -435,12 +430,27 @@ impl<M: SequenceTask> TaskTrainer<M> {
         let train_device = device.clone().autodiff();
         let template = M::init(&config, &data.vocab, &train_device);
         let checkpoints = CheckpointDir::new(run_dir);
-        let checkpoint = checkpoints.load_latest_with(
-            template,
-            GradientStep::new(&config.optimizer).optimizer().clone(),
-            &train_device,
-            no_carried,
-        )?;
+        let checkpoint = if checkpoints.steps().is_empty() {
+            // Stopped before its first checkpoint: it starts again from its seed, as it first did.
+            log::warn!(
+                "{} has no checkpoint yet: starting it from step 0",
+                run_dir.display()
+            );
+            train_device.seed(config.train.seed);
+            Checkpoint {
+                model: M::init(&config, &data.vocab, &train_device),
+                optimizer: GradientStep::new(&config.optimizer).optimizer().clone(),
+                carried: None,
+                progress: Progress::start(),
+            }
+        } else {
+            checkpoints.load_latest_with(
+                template,
+                GradientStep::new(&config.optimizer).optimizer().clone(),
+                &train_device,
+                no_carried,
+            )?
+        };
         truncate_metrics(&run_dir.join(METRICS_FILE), checkpoint.progress.step)?;
         write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
         Ok(TaskTrainer {

@@ -8,12 +8,12 @@ use burn::optim::{
     AdaGradConfig, AdamConfig, ModuleOptimizer, RmsPropConfig, SgdConfig, momentum::MomentumConfig,
 };
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use ember_data::{Chunk, Corpus, Cursor, Splits, StreamBatcher, Vocab};
+use ember_data::{Chunk, Corpus, Splits, StreamBatcher, Vocab};
 use ember_model::{CharLm, CharLmConfig, RecurrentState};
 use fs2::FileExt;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{CheckpointDir, Progress, write_atomically};
+use crate::checkpoint::{Checkpoint, CheckpointDir, Progress, write_atomically};
 use crate::config::{OptimizerConfig, OptimizerKind, RunConfig};
 use crate::error::io_error;
 use crate::step::GradientStep;
@@ -94,12 +94,7 @@ impl Trainer {
         train_device.seed(config.train.seed);
         let model = model_config(&config, corpus.vocab.len()).init(&train_device);
         let optimizer = optimizer_for(&config);
-        let progress = Progress {
-            step: 0,
-            cursor: Cursor::default(),
-            best: None,
-            chars_seen: 0,
-        };
+        let progress = Progress::start();
         Self::assemble(
             config, run_dir, device, corpus, model, optimizer, progress, None, lock,
         )
@@ -132,8 +127,22 @@ impl Trainer {
         let train_device = device.clone().autodiff();
         let template = model_config(&config, corpus.vocab.len()).init(&train_device);
         let checkpoints = CheckpointDir::new(run_dir);
-        let checkpoint =
-            checkpoints.load_latest(template, optimizer_for(&config), &train_device)?;
+        let checkpoint = if checkpoints.steps().is_empty() {
+            // Stopped before its first checkpoint: it starts again from its seed, as it first did.
+            log::warn!(
+                "{} has no checkpoint yet: starting it from step 0",
+                run_dir.display()
+            );
+            train_device.seed(config.train.seed);
+            Checkpoint {
+                model: model_config(&config, corpus.vocab.len()).init(&train_device),
+                optimizer: optimizer_for(&config),
+                carried: None,
+                progress: Progress::start(),
+            }
+        } else {
+            checkpoints.load_latest(template, optimizer_for(&config), &train_device)?
+        };
         log::info!(
             "resuming {} at step {}",
             run_dir.display(),
