@@ -207,6 +207,15 @@ fn repeated_random_kills_never_lose_the_run() {
     );
     run_ok(&mut resume(&killed, &[]));
     assert_eq!(losses(&killed), losses(&straight));
+    let leftovers: Vec<String> = std::fs::read_dir(killed.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with("step-"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "writes cut off by a kill are cleaned up: {leftovers:?}"
+    );
 
     // Killed before its first checkpoint: the directory holds a config and no checkpoint, and
     // resuming starts the run again from its seed.

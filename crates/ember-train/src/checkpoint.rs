@@ -245,6 +245,16 @@ impl CheckpointDir {
                 fs::remove_dir_all(&dir).map_err(io_error(&dir))?;
             }
         }
+        // Only the process holding the run's lock writes here, and its own save is complete:
+        // a partial directory left now was cut off by a crash, and no checkpoint needs it.
+        if let Ok(entries) = fs::read_dir(&self.root) {
+            for entry in entries.filter_map(|e| e.ok()) {
+                if entry.file_name().to_string_lossy().starts_with(".partial-") {
+                    let path = entry.path();
+                    fs::remove_dir_all(&path).map_err(io_error(&path))?;
+                }
+            }
+        }
         Ok(())
     }
 }
