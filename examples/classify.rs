@@ -128,17 +128,12 @@ pub fn run(settings: &Settings, device: &Device) -> Report {
 
     let started = Instant::now();
     let mut order: Vec<usize> = (0..train.tokens.len()).collect();
-    let mut batches = Vec::new().into_iter();
     for step in 0..settings.steps {
-        let rows: Vec<usize> = match batches.next() {
-            Some(rows) => rows,
-            None => {
-                order.shuffle(&mut rng);
-                let epoch: Vec<Vec<usize>> = order.chunks(64).map(<[usize]>::to_vec).collect();
-                batches = epoch.into_iter();
-                batches.next().expect("at least one batch")
-            }
-        };
+        let start = (step * 64) % order.len();
+        if start < 64 {
+            order.shuffle(&mut rng);
+        }
+        let rows = &order[start..(start + 64).min(order.len())];
         let tokens: Vec<&Vec<usize>> = rows.iter().map(|&i| &train.tokens[i]).collect();
         let classes: Vec<usize> = rows.iter().map(|&i| train.labels[i]).collect();
         let batch = PaddedBatch::new(&tokens, TokenVocab::PAD);

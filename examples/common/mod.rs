@@ -14,10 +14,7 @@ pub fn ids(batch: &PaddedBatch, device: &Device) -> Tensor<2, Int> {
 
 /// 1 on a padded batch's real steps, 0 on its padding, `[batch_size, max_len]`.
 pub fn mask(batch: &PaddedBatch, device: &Device) -> Tensor<2> {
-    Tensor::from_data(
-        TensorData::new(batch.mask(), [batch.batch_size, batch.max_len]),
-        device,
-    )
+    ember_model::length_mask(&batch.lengths, batch.max_len, device)
 }
 
 /// One class id per row, `[batch_size]`.

@@ -143,19 +143,51 @@ impl CheckpointDir {
         Ok(final_dir)
     }
 
-    /// Loads the newest checkpoint that loads completely, skipping (and reporting) damaged ones.
-    pub fn load_latest(
+    /// Writes a checkpoint atomically, then keeps only the newest `keep` and the step
+    /// `progress.best` names; returns the new checkpoint's directory.
+    pub fn save_and_prune<M: Module>(
         &self,
-        template: CharLm,
-        optimizer: ModuleOptimizer,
-        device: &Device,
-    ) -> Result<Checkpoint, TrainError> {
-        self.load_latest_with(template, optimizer, device, load_carried)
+        model: &M,
+        optimizer: &ModuleOptimizer,
+        carried: Option<&RecurrentState>,
+        progress: &Progress,
+        keep: usize,
+    ) -> Result<PathBuf, TrainError> {
+        let dir = self.save(model, optimizer, carried, progress)?;
+        self.prune(keep, progress.best.map(|(step, _)| step))?;
+        Ok(dir)
     }
 
-    /// [`load_latest`](Self::load_latest) for any model; `carried` rebuilds the carried hidden
-    /// state from its tensors (models without one return `Ok(None)`).
-    pub fn load_latest_with<M: Module>(
+    /// Where a run resumes: its newest intact checkpoint, or, for a run stopped before its
+    /// first checkpoint, step 0 with `template` and `optimizer` as they are (the caller draws
+    /// `template` from the run's seed, as the run first did). A run whose checkpoints are all
+    /// damaged is an error, never a silent restart.
+    pub fn resume_point<M: Module>(
+        &self,
+        template: M,
+        optimizer: ModuleOptimizer,
+        device: &Device,
+        carried: CarriedLoader<M>,
+    ) -> Result<Checkpoint<M>, TrainError> {
+        if self.steps().is_empty() {
+            log::warn!(
+                "{} has no checkpoint yet: starting the run from step 0",
+                self.root.display()
+            );
+            return Ok(Checkpoint {
+                model: template,
+                optimizer,
+                carried: None,
+                progress: Progress::start(),
+            });
+        }
+        self.load_latest(template, optimizer, device, carried)
+    }
+
+    /// Loads the newest checkpoint that loads completely, skipping (and reporting) damaged ones;
+    /// `carried` rebuilds the carried hidden state from its tensors ([`char_lm_carried`] or
+    /// [`no_carried`]).
+    pub fn load_latest<M: Module>(
         &self,
         template: M,
         optimizer: ModuleOptimizer,
@@ -164,7 +196,7 @@ impl CheckpointDir {
     ) -> Result<Checkpoint<M>, TrainError> {
         let mut last_error = None;
         for step in self.steps().into_iter().rev() {
-            match self.load_with(step, template.clone(), optimizer.clone(), device, carried) {
+            match self.load(step, template.clone(), optimizer.clone(), device, carried) {
                 Ok(checkpoint) => return Ok(checkpoint),
                 Err(e) => {
                     log::warn!("skipping checkpoint at step {step}: {e}");
@@ -175,19 +207,9 @@ impl CheckpointDir {
         Err(last_error.unwrap_or_else(|| TrainError::NoCheckpoint(self.root.clone())))
     }
 
-    /// Loads the checkpoint of `step` into `template` (a model of the run's architecture).
-    pub fn load(
-        &self,
-        step: u64,
-        template: CharLm,
-        optimizer: ModuleOptimizer,
-        device: &Device,
-    ) -> Result<Checkpoint, TrainError> {
-        self.load_with(step, template, optimizer, device, load_carried)
-    }
-
-    /// [`load`](Self::load) for any model (see [`load_latest_with`](Self::load_latest_with)).
-    pub fn load_with<M: Module>(
+    /// Loads the checkpoint of `step` into `template` (a model of the run's architecture); see
+    /// [`load_latest`](Self::load_latest) for `carried`.
+    pub fn load<M: Module>(
         &self,
         step: u64,
         template: M,
@@ -287,7 +309,9 @@ pub fn no_carried<M>(_: &StateDict, _: &M, _: &Device) -> Result<Option<Recurren
     Ok(None)
 }
 
-fn load_carried(
+/// The [`CarriedLoader`] of the character model, which carries its streams' state from chunk
+/// to chunk.
+pub fn char_lm_carried(
     state_dict: &StateDict,
     model: &CharLm,
     device: &Device,

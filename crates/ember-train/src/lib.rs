@@ -15,7 +15,8 @@ mod trainer;
 mod training;
 
 pub use checkpoint::{
-    CarriedLoader, Checkpoint, CheckpointDir, Progress, no_carried, write_atomically,
+    CarriedLoader, Checkpoint, CheckpointDir, Progress, char_lm_carried, no_carried,
+    write_atomically,
 };
 pub use config::{
     DataConfig, ModelConfig, OptimizerConfig, OptimizerKind, RunConfig, TaskConfig, TaskKind,

@@ -11,17 +11,19 @@ use ember_data::{DataError, LabelSet, PaddedBatch, TokenVocab, Vocab, load_label
 use ember_model::{
     DecodeConfig, Seq2Seq, Seq2SeqConfig, SequenceClassifier, SequenceClassifierConfig,
     SequenceDecoderConfig, SequenceEncoderConfig, SequenceTagger, SequenceTaggerConfig,
-    cross_entropy,
+    cross_entropy, length_mask,
 };
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use crate::checkpoint::{Checkpoint, CheckpointDir, Progress, no_carried, write_atomically};
+use crate::checkpoint::{CheckpointDir, Progress, no_carried, write_atomically};
 use crate::config::{RunConfig, TaskKind};
 use crate::error::io_error;
 use crate::step::GradientStep;
-use crate::trainer::{CONFIG_FILE, METRICS_FILE, VOCAB_FILE, lock_run_dir, truncate_metrics};
+use crate::trainer::{
+    CONFIG_FILE, METRICS_FILE, VOCAB_FILE, lock_run_dir, optimizer_from, truncate_metrics,
+};
 use crate::{Evaluation, TrainError, Training};
 
 /// The class names (or tag characters) of a run, inside its directory.
@@ -246,11 +248,12 @@ fn encoder_config(config: &RunConfig, vocab: &TaskVocab) -> SequenceEncoderConfi
 
 fn padded<S: AsRef<[usize]>>(rows: &[S], device: &Device) -> (Tensor<2, Int>, PaddedBatch) {
     let batch = PaddedBatch::new(rows, TokenVocab::PAD);
-    let ids = Tensor::from_data(
-        TensorData::new(batch.ids.clone(), [batch.batch_size, batch.max_len]),
-        device,
-    );
-    (ids, batch)
+    (ids_of(&batch, device), batch)
+}
+
+fn ids_of(batch: &PaddedBatch, device: &Device) -> Tensor<2, Int> {
+    let shape = [batch.batch_size, batch.max_len];
+    Tensor::from_data(TensorData::new(batch.ids.clone(), shape), device)
 }
 
 fn sources<'a>(batch: &[&'a Example]) -> Vec<&'a Vec<usize>> {
@@ -335,21 +338,12 @@ impl SequenceTask for Seq2Seq {
             })
             .collect();
         let (inputs, outputs) = TokenVocab::teacher_forcing(&targets);
-        let tensor = |b: &PaddedBatch| {
-            Tensor::<2, Int>::from_data(
-                TensorData::new(b.ids.clone(), [b.batch_size, b.max_len]),
-                device,
-            )
-        };
-        let mask = Tensor::from_data(
-            TensorData::new(outputs.mask(), [outputs.batch_size, outputs.max_len]),
-            device,
-        );
+        let mask = length_mask(&outputs.lengths, outputs.max_len, device);
         self.forward_loss(
             source,
             &padding.lengths,
-            tensor(&inputs),
-            tensor(&outputs),
+            ids_of(&inputs, device),
+            ids_of(&outputs, device),
             mask,
         )
     }
@@ -385,6 +379,9 @@ pub struct TaskTrainer<M: SequenceTask> {
     model: M,
     optimizer: GradientStep,
     data: SequenceData,
+    /// The epoch whose line order is `epoch_order`, drawn once per epoch, not per batch.
+    order_epoch: Option<u64>,
+    epoch_order: Vec<usize>,
     progress: Progress,
     checkpoints: CheckpointDir,
     _lock: File,
@@ -412,6 +409,8 @@ impl<M: SequenceTask> TaskTrainer<M> {
             device: device.clone(),
             model,
             data,
+            order_epoch: None,
+            epoch_order: Vec::new(),
             progress: Progress::start(),
             config,
             _lock: lock,
@@ -428,29 +427,16 @@ impl<M: SequenceTask> TaskTrainer<M> {
         let (config, vocab) = open_run(run_dir, overrides)?;
         let data = SequenceData::load(&config, Some(vocab))?;
         let train_device = device.clone().autodiff();
+        // Seeded as `create` seeds it, so a run with no checkpoint yet restarts as it began.
+        train_device.seed(config.train.seed);
         let template = M::init(&config, &data.vocab, &train_device);
         let checkpoints = CheckpointDir::new(run_dir);
-        let checkpoint = if checkpoints.steps().is_empty() {
-            // Stopped before its first checkpoint: it starts again from its seed, as it first did.
-            log::warn!(
-                "{} has no checkpoint yet: starting it from step 0",
-                run_dir.display()
-            );
-            train_device.seed(config.train.seed);
-            Checkpoint {
-                model: M::init(&config, &data.vocab, &train_device),
-                optimizer: GradientStep::new(&config.optimizer).optimizer().clone(),
-                carried: None,
-                progress: Progress::start(),
-            }
-        } else {
-            checkpoints.load_latest_with(
-                template,
-                GradientStep::new(&config.optimizer).optimizer().clone(),
-                &train_device,
-                no_carried,
-            )?
-        };
+        let checkpoint = checkpoints.resume_point(
+            template,
+            optimizer_from(&config.optimizer),
+            &train_device,
+            no_carried,
+        )?;
         truncate_metrics(&run_dir.join(METRICS_FILE), checkpoint.progress.step)?;
         write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
         Ok(TaskTrainer {
@@ -460,6 +446,8 @@ impl<M: SequenceTask> TaskTrainer<M> {
             device: device.clone(),
             model: checkpoint.model,
             data,
+            order_epoch: None,
+            epoch_order: Vec::new(),
             progress: checkpoint.progress,
             config,
             _lock: lock,
@@ -470,21 +458,24 @@ impl<M: SequenceTask> TaskTrainer<M> {
         self.data.train.len().div_ceil(self.config.data.batch_size) as u64
     }
 
-    /// The training examples of `step`: each epoch reads the lines in its own seeded order, so a
+    /// The training lines of `step`: each epoch reads the lines in its own seeded order, so a
     /// resumed run draws the batches an uninterrupted one would.
-    fn batch_at(&self, step: u64) -> Vec<&Example> {
+    fn batch_lines(&mut self, step: u64) -> Vec<usize> {
         let epoch = step / self.batches_per_epoch();
+        if self.order_epoch != Some(epoch) {
+            self.epoch_order = (0..self.data.train.len()).collect();
+            self.epoch_order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+                self.config.train.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            ));
+            self.order_epoch = Some(epoch);
+        }
         let index = (step % self.batches_per_epoch()) as usize;
-        let mut order: Vec<usize> = (0..self.data.train.len()).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
-            self.config.train.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        ));
         let size = self.config.data.batch_size;
-        order
+        self.epoch_order
             .iter()
             .skip(index * size)
             .take(size)
-            .map(|&i| &self.data.train[i])
+            .copied()
             .collect()
     }
 }
@@ -536,7 +527,8 @@ impl<M: SequenceTask> Training for TaskTrainer<M> {
                 .seed
                 .wrapping_add(step.wrapping_mul(0x9E37_79B9)),
         );
-        let batch = self.batch_at(step);
+        let lines = self.batch_lines(step);
+        let batch: Vec<&Example> = lines.iter().map(|&i| &self.data.train[i]).collect();
         let chars: usize = batch.iter().map(|e| e.source.len()).sum();
         let loss = self.model.loss(&batch, &self.config, &train_device);
         let loss_value = loss.clone().into_scalar::<f64>();
@@ -583,16 +575,13 @@ impl<M: SequenceTask> Training for TaskTrainer<M> {
     }
 
     fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
-        let dir = self.checkpoints.save(
+        self.checkpoints.save_and_prune(
             &self.model,
             self.optimizer.optimizer(),
             None,
             &self.progress,
-        )?;
-        let best_step = self.progress.best.map(|(step, _)| step);
-        self.checkpoints
-            .prune(self.config.train.keep_checkpoints, best_step)?;
-        Ok(dir)
+            self.config.train.keep_checkpoints,
+        )
     }
 }
 
@@ -620,9 +609,9 @@ impl<M: SequenceTask> TaskRun<M> {
         }
         let (config, vocab) = open_run(run_dir, &[])?;
         let template = M::init(&config, &vocab, device);
-        let checkpoint = CheckpointDir::new(run_dir).load_latest_with(
+        let checkpoint = CheckpointDir::new(run_dir).load_latest(
             template,
-            GradientStep::new(&config.optimizer).optimizer().clone(),
+            optimizer_from(&config.optimizer),
             device,
             no_carried,
         )?;

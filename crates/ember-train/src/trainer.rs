@@ -13,7 +13,7 @@ use ember_model::{CharLm, CharLmConfig, RecurrentState};
 use fs2::FileExt;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{Checkpoint, CheckpointDir, Progress, write_atomically};
+use crate::checkpoint::{CheckpointDir, Progress, char_lm_carried, write_atomically};
 use crate::config::{OptimizerConfig, OptimizerKind, RunConfig};
 use crate::error::io_error;
 use crate::step::GradientStep;
@@ -125,24 +125,15 @@ impl Trainer {
         let vocab = Vocab::load(&run_dir.join(VOCAB_FILE))?;
         let corpus = Corpus::load_with_vocab(&config.data.path, vocab)?;
         let train_device = device.clone().autodiff();
+        // Seeded as `create` seeds it, so a run with no checkpoint yet restarts as it began.
+        train_device.seed(config.train.seed);
         let template = model_config(&config, corpus.vocab.len()).init(&train_device);
-        let checkpoints = CheckpointDir::new(run_dir);
-        let checkpoint = if checkpoints.steps().is_empty() {
-            // Stopped before its first checkpoint: it starts again from its seed, as it first did.
-            log::warn!(
-                "{} has no checkpoint yet: starting it from step 0",
-                run_dir.display()
-            );
-            train_device.seed(config.train.seed);
-            Checkpoint {
-                model: model_config(&config, corpus.vocab.len()).init(&train_device),
-                optimizer: optimizer_for(&config),
-                carried: None,
-                progress: Progress::start(),
-            }
-        } else {
-            checkpoints.load_latest(template, optimizer_for(&config), &train_device)?
-        };
+        let checkpoint = CheckpointDir::new(run_dir).resume_point(
+            template,
+            optimizer_for(&config),
+            &train_device,
+            char_lm_carried,
+        )?;
         log::info!(
             "resuming {} at step {}",
             run_dir.display(),
@@ -289,16 +280,13 @@ impl Trainer {
 
     /// Writes a checkpoint of the current state and prunes old ones.
     pub fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
-        let dir = self.checkpoints.save(
+        self.checkpoints.save_and_prune(
             &self.model,
             self.optimizer.optimizer(),
             self.carried.as_ref(),
             &self.progress,
-        )?;
-        let best_step = self.progress.best.map(|(step, _)| step);
-        self.checkpoints
-            .prune(self.config.train.keep_checkpoints, best_step)?;
-        Ok(dir)
+            self.config.train.keep_checkpoints,
+        )
     }
 }
 
