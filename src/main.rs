@@ -8,14 +8,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand};
-use ember_model::{SampleConfig, Seq2Seq, SequenceClassifier, SequenceTagger};
+use ember_data::DataError;
+use ember_model::torch::TorchError;
+use ember_model::{SampleConfig, SampleError, Seq2Seq, SequenceClassifier, SequenceTagger};
 use ember_train::{
-    CONFIG_FILE, MetricsRecord, Run, RunConfig, RunOutcome, TaskKind, TaskRun, TaskTrainer,
-    Trainer, Training, plot_losses,
+    CONFIG_FILE, DivergencePolicy, MetricsRecord, Run, RunConfig, RunOutcome, TaskKind, TaskRun,
+    TaskTrainer, TrainError, Trainer, Training, plot_losses,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -177,8 +179,46 @@ fn main() {
             }
         }
         eprintln!("error: {message}");
-        std::process::exit(1);
+        std::process::exit(exit_status(&error));
     }
+}
+
+/// A command line that asks for something impossible; exit status 2, as clap's own errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
+}
+
+/// The exit status of a failed command, by what went wrong (README, "Exit status"): 2 the
+/// command line or a config, 3 the input data, 4 a run directory or checkpoint, 5 the file
+/// system, 6 training diverged, 1 anything else.
+fn exit_status(error: &anyhow::Error) -> i32 {
+    for cause in error.chain() {
+        if cause.is::<UsageError>() || cause.is::<SampleError>() {
+            return 2;
+        }
+        if cause.is::<DataError>() || cause.is::<TorchError>() {
+            return 3;
+        }
+        if let Some(error) = cause.downcast_ref::<TrainError>() {
+            return match error {
+                TrainError::Config { .. } => 2,
+                TrainError::Data(_) | TrainError::Torch(_) => 3,
+                TrainError::NoRun(_)
+                | TrainError::NoCheckpoint(_)
+                | TrainError::Checkpoint { .. }
+                | TrainError::Mismatch { .. }
+                | TrainError::Locked(_)
+                | TrainError::RunExists(_) => 4,
+                TrainError::Io { .. } | TrainError::Plot { .. } => 5,
+                TrainError::Diverged { .. } => 6,
+            };
+        }
+    }
+    1
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -201,7 +241,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Plot(args) => plot(args),
         Command::Bench(args) => {
             if !(args.seconds.is_finite() && args.seconds > 0.0) {
-                bail!("--seconds must be positive, got {}", args.seconds);
+                return Err(usage(format!(
+                    "--seconds must be positive, got {}",
+                    args.seconds
+                )));
             }
             match &args.case {
                 Some(case) => bench::run_case(case, &device, args.seconds),
@@ -290,7 +333,7 @@ fn train(args: TrainArgs, device: &Device, interactive: bool) -> Result<()> {
             let trainer = new_trainer(config, &run_dir, device)?;
             (run_dir, trainer)
         }
-        (None, None) => bail!("give --config FILE for a new run or --resume DIR"),
+        (None, None) => return Err(usage("give --config FILE for a new run or --resume DIR")),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = stop.clone();
@@ -315,7 +358,7 @@ fn train(args: TrainArgs, device: &Device, interactive: bool) -> Result<()> {
     );
     bar.set_position(trainer.progress().step);
     let mut last_val: Option<f64> = None;
-    let outcome = trainer.run(&stop, &mut |record: &MetricsRecord| {
+    let mut on_record = |record: &MetricsRecord| {
         last_val = record.val_loss.or(last_val);
         bar.set_position(record.step);
         bar.set_message(format!(
@@ -324,7 +367,32 @@ fn train(args: TrainArgs, device: &Device, interactive: bool) -> Result<()> {
             last_val.map_or("-".into(), |v| format!("{v:.4}")),
             record.chars_per_sec
         ));
-    })?;
+    };
+    let mut rollbacks = 0;
+    let outcome = loop {
+        let error = match trainer.run(&stop, &mut on_record) {
+            Ok(outcome) => break outcome,
+            Err(error) => error,
+        };
+        let train_config = trainer.config().train.clone();
+        let diverged = matches!(error, TrainError::Diverged { .. });
+        if !diverged
+            || train_config.on_divergence != DivergencePolicy::Rollback
+            || rollbacks >= train_config.max_rollbacks
+        {
+            return Err(error.into());
+        }
+        rollbacks += 1;
+        let lr = trainer.config().optimizer.lr * train_config.rollback_lr_factor;
+        eprintln!(
+            "{error}\nrollback {rollbacks} of {}: back to the last checkpoint with optimizer.lr = {lr:e}",
+            train_config.max_rollbacks
+        );
+        // The resumed trainer takes the run directory's lock, so this one must let it go first.
+        drop(trainer);
+        // In exponent form: TOML reads a huge f64 printed in full as an overflowing integer.
+        trainer = resumed_trainer(&run_dir, &[format!("optimizer.lr={lr:e}")], device)?;
+    };
     bar.finish_and_clear();
     match outcome {
         RunOutcome::Finished => {
@@ -357,20 +425,20 @@ fn default_run_dir(config_path: &Path) -> PathBuf {
 
 fn sample(args: SampleArgs, device: &Device) -> Result<()> {
     if args.length == 0 {
-        bail!("--length must be at least 1");
+        return Err(usage("--length must be at least 1"));
     }
     expect_language_model(&args.run, "sample")?;
     let run = Run::open(&args.run, device)?;
     let unknown = run.vocab.unknown_chars(&args.prime);
     if !unknown.is_empty() {
-        bail!(
+        return Err(usage(format!(
             "--prime has characters outside the run's vocabulary: {}",
             unknown
                 .iter()
                 .map(|c| format!("{c:?}"))
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
+        )));
     }
     let prime: Vec<usize> = run
         .vocab
@@ -404,13 +472,13 @@ fn eval(args: EvalArgs, device: &Device) -> Result<()> {
 fn expect_language_model(run_dir: &Path, command: &str) -> Result<()> {
     let kind = run_task(run_dir);
     if kind != TaskKind::LanguageModel {
-        bail!(
+        return Err(usage(format!(
             "{} is a {} run, not a language model: `ember {command}` reads language models; \
              use `ember predict --run {}`",
             run_dir.display(),
             serde_json::to_value(kind)?.as_str().unwrap_or("sequence"),
             run_dir.display()
-        );
+        )));
     }
     Ok(())
 }
@@ -439,12 +507,12 @@ fn predict(args: PredictArgs, device: &Device) -> Result<()> {
         }
         TaskKind::LanguageModel => {
             if !args.run.join(CONFIG_FILE).is_file() {
-                bail!("{}: no run in this directory", args.run.display());
+                return Err(TrainError::NoRun(args.run.clone()).into());
             }
-            bail!(
+            return Err(usage(format!(
                 "{} is a language model: use `ember sample` or `ember eval`",
                 args.run.display()
-            )
+            )));
         }
     };
     let mut out = std::io::stdout().lock();

@@ -3,41 +3,10 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use common::*;
-
-fn train(run_dir: &Path, overrides: &[&str]) -> Command {
-    let mut command = ember();
-    command
-        .args(["train", "--config"])
-        .arg(repo("configs/smoke.toml"));
-    command.arg("--run-dir").arg(run_dir);
-    for set in overrides {
-        command.args(["--set", set]);
-    }
-    command
-}
-
-fn resume(run_dir: &Path, overrides: &[&str]) -> Command {
-    let mut command = ember();
-    command.args(["train", "--resume"]).arg(run_dir);
-    for set in overrides {
-        command.args(["--set", set]);
-    }
-    command
-}
-
-fn wait_for(path: &Path, child: &mut Child, limit: Duration) {
-    let start = Instant::now();
-    while !path.exists() {
-        assert!(start.elapsed() < limit, "{} did not appear", path.display());
-        assert!(child.try_wait().unwrap().is_none(), "training ended early");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 #[test]
 fn train_writes_a_complete_run_directory() {
@@ -247,11 +216,7 @@ fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
         Duration::from_secs(120),
     );
     std::thread::sleep(Duration::from_millis(300));
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send_signal(&child, "INT");
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success(), "exit {:?}", output.status);
     assert!(String::from_utf8_lossy(&output.stdout).contains("stopped at step"));

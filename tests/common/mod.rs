@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 pub fn ember() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ember"));
@@ -45,4 +46,49 @@ pub fn losses(run_dir: &Path) -> Vec<(u64, String)> {
             (value["step"].as_u64().unwrap(), value["loss"].to_string())
         })
         .collect()
+}
+
+/// `ember train` of a new run from `config` into `run_dir`, with `--set` overrides.
+pub fn train_with(config: &Path, run_dir: &Path, overrides: &[&str]) -> Command {
+    let mut command = ember();
+    command.args(["train", "--config"]).arg(config);
+    command.arg("--run-dir").arg(run_dir);
+    for set in overrides {
+        command.args(["--set", set]);
+    }
+    command
+}
+
+/// `ember train` of a new run from the smoke config, which trains in seconds.
+pub fn train(run_dir: &Path, overrides: &[&str]) -> Command {
+    train_with(&repo("configs/smoke.toml"), run_dir, overrides)
+}
+
+/// `ember train --resume run_dir`, with `--set` overrides.
+pub fn resume(run_dir: &Path, overrides: &[&str]) -> Command {
+    let mut command = ember();
+    command.args(["train", "--resume"]).arg(run_dir);
+    for set in overrides {
+        command.args(["--set", set]);
+    }
+    command
+}
+
+/// Waits until `path` exists, failing if `child` ends first or `limit` passes.
+pub fn wait_for(path: &Path, child: &mut Child, limit: Duration) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(start.elapsed() < limit, "{} did not appear", path.display());
+        assert!(child.try_wait().unwrap().is_none(), "training ended early");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Sends the signal `name` (`INT`, `KILL`) to `child`.
+pub fn send_signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
 }

@@ -26,7 +26,10 @@ pub enum DataError {
         path: PathBuf,
     },
     /// The corpus is larger than the loader accepts.
-    #[error("{path}: the corpus has {bytes} bytes, more than the limit of {limit} bytes")]
+    #[error(
+        "{path}: the corpus has {bytes} bytes, more than the limit of {limit} bytes \
+         (a run's limit is its `data.max_bytes`)"
+    )]
     TooLarge {
         /// The file.
         path: PathBuf,

@@ -1,11 +1,12 @@
 //! Checkpoints: written whole into a temporary directory, then renamed into place, so a crash
 //! during a save never leaves a broken checkpoint under a checkpoint's name.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::ModuleOptimizer;
 use burn::store::ModuleRecord;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -21,6 +22,7 @@ const MODEL_FILE: &str = "model.bpk";
 const OPTIMIZER_FILE: &str = "optimizer.bpk";
 const CARRIED_FILE: &str = "carried_state.safetensors";
 const PROGRESS_FILE: &str = "progress.json";
+const CHECKSUMS_FILE: &str = "checksums.json";
 
 /// Where training stands: everything besides tensors that a resumed run needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,8 +100,23 @@ impl CheckpointDir {
         carried: Option<&RecurrentState>,
         progress: &Progress,
     ) -> Result<PathBuf, TrainError> {
+        let weight_sum = sum_abs_weights(model);
+        if !weight_sum.is_finite() {
+            // Checked here so that the newest checkpoint is always one training can go on from.
+            return Err(TrainError::Diverged {
+                step: progress.step,
+                quantity: "sum of absolute weights",
+                value: weight_sum,
+            });
+        }
         fs::create_dir_all(&self.root).map_err(io_error(&self.root))?;
         let final_dir = self.step_dir(progress.step);
+        if final_dir.is_dir() {
+            // A step's state follows from the previous one, so the checkpoint on disk already
+            // holds it (a stop right after a scheduled save); rewriting it would only open a
+            // window in which that step has no checkpoint.
+            return Ok(final_dir);
+        }
         let partial = self
             .root
             .join(format!(".partial-step-{:08}", progress.step));
@@ -107,40 +124,100 @@ impl CheckpointDir {
             fs::remove_dir_all(&partial).map_err(io_error(&partial))?;
         }
         fs::create_dir(&partial).map_err(io_error(&partial))?;
+        let written = Self::write_checkpoint(&partial, model, optimizer, carried, progress)
+            .and_then(|()| fs::rename(&partial, &final_dir).map_err(io_error(&final_dir)))
+            .and_then(|()| sync_dir(&self.root));
+        if let Err(error) = written {
+            // Frees the space a failed write took (a full disk, say); older checkpoints are
+            // untouched.
+            let _ = fs::remove_dir_all(&partial);
+            return Err(error);
+        }
+        log::info!("checkpoint {}", final_dir.display());
+        Ok(final_dir)
+    }
+
+    fn write_checkpoint<M: Module>(
+        partial: &Path,
+        model: &M,
+        optimizer: &ModuleOptimizer,
+        carried: Option<&RecurrentState>,
+        progress: &Progress,
+    ) -> Result<(), TrainError> {
         let record_error = |path: &Path, e: burn::store::RecordError| TrainError::Checkpoint {
             path: path.to_path_buf(),
             message: e.to_string(),
         };
-
+        // Serialized in memory and written here, so that a full or read-only disk is reported
+        // as the operating system's own error on the file.
         let model_path = partial.join(MODEL_FILE);
-        model
+        let model_bytes = model
             .clone()
             .into_record()
-            .save(&model_path)
+            .into_bytes()
             .map_err(|e| record_error(&model_path, e))?;
+        write_synced(&model_path, &model_bytes)?;
         let optimizer_path = partial.join(OPTIMIZER_FILE);
-        optimizer
-            .save(&optimizer_path)
+        let optimizer_bytes = optimizer
+            .into_bytes()
             .map_err(|e| record_error(&optimizer_path, e))?;
+        write_synced(&optimizer_path, &optimizer_bytes)?;
         if let Some(carried) = carried {
             let carried_path = partial.join(CARRIED_FILE);
             carried_state_dict(carried).write_safetensors(&carried_path)?;
+            sync_file(&carried_path)?;
         }
         let progress_path = partial.join(PROGRESS_FILE);
         let json = serde_json::to_string_pretty(progress).expect("progress serializes");
         write_synced(&progress_path, json.as_bytes())?;
-        for file in [MODEL_FILE, OPTIMIZER_FILE, CARRIED_FILE] {
-            sync_file(&partial.join(file))?;
-        }
-        sync_dir(&partial)?;
 
-        if final_dir.exists() {
-            fs::remove_dir_all(&final_dir).map_err(io_error(&final_dir))?;
+        // Checksums of the files as read back from the disk: a later bit flip or truncation
+        // is caught before any of them is loaded.
+        let mut checksums = BTreeMap::new();
+        for file in [MODEL_FILE, OPTIMIZER_FILE, CARRIED_FILE, PROGRESS_FILE] {
+            let path = partial.join(file);
+            if path.exists() {
+                let bytes = fs::read(&path).map_err(io_error(&path))?;
+                checksums.insert(file.to_string(), crc32fast::hash(&bytes));
+            }
         }
-        fs::rename(&partial, &final_dir).map_err(io_error(&final_dir))?;
-        sync_dir(&self.root)?;
-        log::info!("checkpoint {}", final_dir.display());
-        Ok(final_dir)
+        let json = serde_json::to_string_pretty(&checksums).expect("checksums serialize");
+        write_synced(&partial.join(CHECKSUMS_FILE), json.as_bytes())?;
+        sync_dir(partial)
+    }
+
+    /// Checks the files of the checkpoint of `step` against their recorded checksums.
+    pub(crate) fn verify_step(&self, step: u64) -> Result<(), TrainError> {
+        Self::verify(&self.step_dir(step))
+    }
+
+    /// Checks every file of the checkpoint in `dir` against its recorded checksum. A checkpoint
+    /// written before checksums were recorded passes unchecked.
+    fn verify(dir: &Path) -> Result<(), TrainError> {
+        let checksums_path = dir.join(CHECKSUMS_FILE);
+        let json = match fs::read_to_string(&checksums_path) {
+            Ok(json) => json,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_error(&checksums_path)(e)),
+        };
+        let damaged = |path: &Path, message: String| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            message,
+        };
+        let checksums: BTreeMap<String, u32> =
+            serde_json::from_str(&json).map_err(|e| damaged(&checksums_path, e.to_string()))?;
+        for (file, expected) in checksums {
+            let path = dir.join(&file);
+            let bytes = fs::read(&path).map_err(io_error(&path))?;
+            if crc32fast::hash(&bytes) != expected {
+                return Err(damaged(
+                    &path,
+                    "damaged: its checksum differs from the one recorded when it was written"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Writes a checkpoint atomically, then keeps only the newest `keep` and the step
@@ -222,6 +299,7 @@ impl CheckpointDir {
             path: path.to_path_buf(),
             message,
         };
+        Self::verify(&dir)?;
         let progress_path = dir.join(PROGRESS_FILE);
         let json = fs::read_to_string(&progress_path).map_err(io_error(&progress_path))?;
         let progress: Progress =
@@ -353,6 +431,20 @@ fn carried_from_state_dict(
         })
         .collect::<Result<Vec<_>, String>>()?;
     Ok(RecurrentState { layers })
+}
+
+/// The sum of the absolute values of every weight: finite exactly when no weight is NaN or
+/// infinite (or so large that the sum overflows, which is divergence too).
+fn sum_abs_weights<M: Module>(model: &M) -> f64 {
+    struct SumAbs(f64);
+    impl ModuleVisitor for SumAbs {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0 += param.val().abs().sum().into_scalar::<f64>();
+        }
+    }
+    let mut visitor = SumAbs(0.0);
+    model.visit(&mut visitor);
+    visitor.0
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, synced to disk.

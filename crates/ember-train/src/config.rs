@@ -78,6 +78,9 @@ pub struct DataConfig {
     pub batch_size: usize,
     /// The number of steps per chunk: how far back gradients flow (truncated BPTT).
     pub seq_len: usize,
+    /// The largest corpus, in bytes, that a run reads; a larger file is refused before it is
+    /// read (its ids take twice its size in memory).
+    pub max_bytes: u64,
 }
 
 impl Default for DataConfig {
@@ -88,6 +91,7 @@ impl Default for DataConfig {
             test_fraction: 0.0,
             batch_size: 32,
             seq_len: 64,
+            max_bytes: 512 << 20,
         }
     }
 }
@@ -180,6 +184,18 @@ impl Default for OptimizerConfig {
     }
 }
 
+/// What a run does when its loss or gradient norm becomes NaN or infinite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DivergencePolicy {
+    /// Stop with an error naming the step; the last good checkpoint stays the newest.
+    #[default]
+    Stop,
+    /// Go back to the last good checkpoint, scale `optimizer.lr` by `train.rollback_lr_factor`
+    /// (saved in the run's config) and go on, at most `train.max_rollbacks` times.
+    Rollback,
+}
+
 /// `[train]`: steps, evaluation and checkpoints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -198,6 +214,12 @@ pub struct TrainConfig {
     pub log_every: u64,
     /// Seeds the weights and dropout: the same seed and config give the same run.
     pub seed: u64,
+    /// What a NaN or infinite loss or gradient norm does: `stop` or `rollback`.
+    pub on_divergence: DivergencePolicy,
+    /// The factor, in (0, 1), that each rollback applies to `optimizer.lr`.
+    pub rollback_lr_factor: f64,
+    /// The most rollbacks one `ember train` makes before it stops.
+    pub max_rollbacks: u32,
 }
 
 impl Default for TrainConfig {
@@ -210,6 +232,9 @@ impl Default for TrainConfig {
             keep_checkpoints: 3,
             log_every: 10,
             seed: 42,
+            on_divergence: DivergencePolicy::Stop,
+            rollback_lr_factor: 0.5,
+            max_rollbacks: 3,
         }
     }
 }
@@ -285,6 +310,9 @@ impl RunConfig {
         };
         positive("data.batch_size", self.data.batch_size)?;
         positive("data.seq_len", self.data.seq_len)?;
+        if self.data.max_bytes == 0 {
+            return Err("`data.max_bytes` must be at least 1, got 0".into());
+        }
         fraction("data.val_fraction", self.data.val_fraction)?;
         fraction("data.test_fraction", self.data.test_fraction)?;
         if self.data.val_fraction + self.data.test_fraction >= 1.0 {
@@ -331,6 +359,12 @@ impl RunConfig {
         )?;
         positive("train.keep_checkpoints", self.train.keep_checkpoints)?;
         positive("train.log_every", self.train.log_every as usize)?;
+        let factor = self.train.rollback_lr_factor;
+        if !(factor > 0.0 && factor < 1.0) {
+            return Err(format!(
+                "`train.rollback_lr_factor` must be in (0, 1), got {factor}"
+            ));
+        }
         if self.task.kind != TaskKind::LanguageModel {
             positive("model.d_embed", self.model.d_embed)?;
         }
@@ -466,5 +500,98 @@ mod tests {
         let err = set("nosuch.key=1").unwrap_err().to_string();
         assert!(err.contains("nosuch"), "{err}");
         assert!(set("steps").is_err());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const KEYS: [&str; 12] = [
+            "data.batch_size",
+            "data.seq_len",
+            "data.val_fraction",
+            "model.cell",
+            "model.d_hidden",
+            "model.dropout",
+            "optimizer.lr",
+            "optimizer.kind",
+            "train.steps",
+            "train.seed",
+            "train.on_divergence",
+            "task.kind",
+        ];
+
+        proptest! {
+            /// Whatever text a config file holds, parsing returns a config or an error naming
+            /// the file; it never panics.
+            #[test]
+            fn any_text_parses_or_names_the_file(text in "\\PC{0,200}") {
+                if let Err(err) = RunConfig::parse(&text, "fuzzed.toml", &[]) {
+                    prop_assert!(err.to_string().contains("fuzzed.toml"), "{}", err);
+                }
+            }
+
+            /// Text built from config-like pieces reaches the deserializer and the validation.
+            #[test]
+            fn config_like_text_parses_or_names_the_file(
+                lines in proptest::collection::vec(
+                    (
+                        prop::sample::select(vec!["[data]", "[model]", "[optimizer]", "[train]", "[task]", ""]),
+                        prop::sample::select(vec!["batch_size", "seq_len", "cell", "d_hidden", "lr", "steps", "dropout", "kind", "bogus"]),
+                        prop::sample::select(vec!["0", "-1", "1", "0.5", "1e400", "\"lstm\"", "\"x\"", "true", "[1]", ""]),
+                    ),
+                    0..8,
+                )
+            ) {
+                let text: String = lines
+                    .iter()
+                    .map(|(section, key, value)| format!("{section}\n{key} = {value}\n"))
+                    .collect();
+                if let Err(err) = RunConfig::parse(&text, "fuzzed.toml", &[]) {
+                    prop_assert!(err.to_string().contains("fuzzed.toml"), "{}", err);
+                }
+            }
+
+            /// Any `--set` assignment either applies, and the result passes validation, or is
+            /// an error naming that assignment.
+            #[test]
+            fn any_override_applies_or_is_named(
+                key in prop_oneof![
+                    prop::sample::select(KEYS.to_vec()).prop_map(String::from),
+                    "[a-z_.]{0,20}",
+                ],
+                value in "\\PC{0,12}",
+            ) {
+                let assignment = format!("{key}={value}");
+                match RunConfig::parse("", "test.toml", std::slice::from_ref(&assignment)) {
+                    Ok(config) => prop_assert!(config.validate().is_ok()),
+                    Err(err) => {
+                        let message = err.to_string();
+                        prop_assert!(message.contains(&format!("--set {assignment}")), "{}", message);
+                    }
+                }
+            }
+
+            /// A valid config written by `to_toml` reads back equal.
+            #[test]
+            fn written_configs_read_back_equal(
+                batch_size in 1usize..512,
+                seq_len in 1usize..512,
+                d_hidden in 1usize..2048,
+                lr in 1e-6f64..1.0,
+                steps in 1u64..1_000_000,
+                seed: u64,
+            ) {
+                let mut config = RunConfig::default();
+                config.data.batch_size = batch_size;
+                config.data.seq_len = seq_len;
+                config.model.d_hidden = d_hidden;
+                config.optimizer.lr = lr;
+                config.train.steps = steps;
+                config.train.seed = seed;
+                let text = config.to_toml();
+                prop_assert_eq!(RunConfig::parse(&text, "written.toml", &[]).unwrap(), config);
+            }
+        }
     }
 }

@@ -30,6 +30,9 @@ pub enum TrainError {
         /// What went wrong.
         message: String,
     },
+    /// The directory holds no run (no `config.toml`).
+    #[error("{0}: no run in this directory (it has no config.toml)")]
+    NoRun(PathBuf),
     /// The run directory holds no usable checkpoint.
     #[error("{0}: no checkpoint to resume from")]
     NoCheckpoint(PathBuf),
@@ -41,15 +44,18 @@ pub enum TrainError {
         "{0}: already holds a run; resume it with `ember train --resume {0}` or pick another --run-dir"
     )]
     RunExists(PathBuf),
-    /// The loss became NaN or infinite.
+    /// The loss or the gradient norm became NaN or infinite.
     #[error(
-        "the loss became {loss} at step {step}; the last good checkpoint is kept (lower optimizer.lr or set optimizer.grad_clip_norm)"
+        "the {quantity} became {value} at step {step}; the run stops at its last good checkpoint \
+         (lower optimizer.lr, set optimizer.grad_clip_norm, or set train.on_divergence = \"rollback\")"
     )]
-    NonFiniteLoss {
+    Diverged {
         /// The step at which it happened.
         step: u64,
+        /// What became non-finite: `loss` or `gradient norm`.
+        quantity: &'static str,
         /// The value.
-        loss: f64,
+        value: f64,
     },
     /// A checkpoint does not fit the run's model or vocabulary.
     #[error("{path}: {message}")]
@@ -70,6 +76,15 @@ pub enum TrainError {
         /// What went wrong.
         message: String,
     },
+}
+
+/// Checks that `run_dir` holds a run, before anything is read from it or written into it.
+pub(crate) fn expect_run(run_dir: &std::path::Path) -> Result<(), TrainError> {
+    if run_dir.join(crate::CONFIG_FILE).is_file() {
+        Ok(())
+    } else {
+        Err(TrainError::NoRun(run_dir.to_path_buf()))
+    }
 }
 
 pub(crate) fn io_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {

@@ -19,8 +19,8 @@ pub use checkpoint::{
     write_atomically,
 };
 pub use config::{
-    DataConfig, ModelConfig, OptimizerConfig, OptimizerKind, RunConfig, TaskConfig, TaskKind,
-    TrainConfig,
+    DataConfig, DivergencePolicy, ModelConfig, OptimizerConfig, OptimizerKind, RunConfig,
+    TaskConfig, TaskKind, TrainConfig,
 };
 pub use error::TrainError;
 pub use plot::{plot_curves, plot_losses};

@@ -5,11 +5,13 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use crate::TrainError;
+use crate::error::expect_run;
 use crate::trainer::{METRICS_FILE, MetricsRecord};
 
 /// Reads `metrics.jsonl` of `run_dir` and draws training and validation loss against steps into
 /// `out` (SVG). Returns the number of points drawn.
 pub fn plot_losses(run_dir: &Path, out: &Path) -> Result<usize, TrainError> {
+    expect_run(run_dir)?;
     let metrics_path = run_dir.join(METRICS_FILE);
     let text = std::fs::read_to_string(&metrics_path).map_err(|source| TrainError::Io {
         path: metrics_path.clone(),

@@ -72,7 +72,14 @@ pub fn export_torch(run_dir: &Path, out: &Path, device: &Device) -> Result<usize
     let run = Run::open(run_dir, device)?;
     let state_dict = run.model.to_state_dict();
     let partial = out.with_extension("safetensors.partial");
-    state_dict.write_safetensors(&partial)?;
-    std::fs::rename(&partial, out).map_err(io_error(out))?;
+    // A failed write (disk full, say) leaves neither a partial file nor a damaged `out`.
+    if let Err(error) = state_dict
+        .write_safetensors(&partial)
+        .map_err(TrainError::from)
+        .and_then(|()| std::fs::rename(&partial, out).map_err(io_error(out)))
+    {
+        let _ = std::fs::remove_file(&partial);
+        return Err(error);
+    }
     Ok(state_dict.tensors.len())
 }

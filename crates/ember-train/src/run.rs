@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::TrainError;
 use crate::checkpoint::CheckpointDir;
 use crate::config::RunConfig;
+use crate::error::expect_run;
 use crate::trainer::{CONFIG_FILE, VOCAB_FILE, mean_loss, model_config};
 
 /// A run directory's config, vocabulary and newest model weights.
@@ -44,12 +45,7 @@ pub struct EvalReport {
 impl Run {
     /// Opens `dir`, loading the newest checkpoint that loads completely.
     pub fn open(dir: &Path, device: &Device) -> Result<Self, TrainError> {
-        if !dir.is_dir() {
-            return Err(TrainError::Io {
-                path: dir.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such run directory"),
-            });
-        }
+        expect_run(dir)?;
         let config = RunConfig::load(&dir.join(CONFIG_FILE), &[])?;
         let vocab = Vocab::load(&dir.join(VOCAB_FILE))?;
         let template = model_config(&config, vocab.len()).init(device);
@@ -57,10 +53,13 @@ impl Run {
         let mut last_error = None;
         for step in checkpoints.steps().into_iter().rev() {
             let path = dir.join(format!("checkpoints/step-{step:08}/model.bpk"));
-            let loaded = ModuleRecord::load(&path)
-                .map_err(|e| TrainError::Checkpoint {
-                    path: path.clone(),
-                    message: e.to_string(),
+            let loaded = checkpoints
+                .verify_step(step)
+                .and_then(|()| {
+                    ModuleRecord::load(&path).map_err(|e| TrainError::Checkpoint {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })
                 })
                 .and_then(|record| {
                     template

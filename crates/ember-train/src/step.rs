@@ -5,9 +5,9 @@ use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 
-use crate::OptimizerConfig;
 use crate::clip::{clip_grad_norm, clip_grad_value};
 use crate::trainer::optimizer_from;
+use crate::{OptimizerConfig, TrainError};
 
 /// Turns a loss into updated weights as an `[optimizer]` section says: backward pass, clipping
 /// by value then by global norm, the decayed learning rate, the optimizer's update. The character
@@ -53,12 +53,43 @@ impl GradientStep {
     /// Backpropagates `loss` through `model` and updates it with the learning rate of `step`.
     /// Returns the updated model and the global gradient norm before clipping.
     pub fn apply<M: Module>(&mut self, model: M, loss: Tensor<1>, step: u64) -> (M, f64) {
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        if self.config.grad_clip_value > 0.0 {
-            clip_grad_value(&model, &mut grads, self.config.grad_clip_value);
-        }
-        let grad_norm = clip_grad_norm(&model, &mut grads, self.config.grad_clip_norm);
+        let (grads, grad_norm) = self.clipped_gradients(&model, loss);
         let model = self.optimizer.step(self.lr_at(step), model, grads);
         (model, grad_norm)
+    }
+
+    /// As [`apply`](Self::apply), but a NaN or infinite loss or gradient norm is an error
+    /// naming the step, and then neither the model nor the optimizer state changes. Returns the
+    /// updated model, the loss and the gradient norm.
+    pub fn apply_checked<M: Module>(
+        &mut self,
+        model: M,
+        loss: Tensor<1>,
+        step: u64,
+    ) -> Result<(M, f64, f64), TrainError> {
+        let diverged = |quantity, value| TrainError::Diverged {
+            step: step + 1,
+            quantity,
+            value,
+        };
+        let loss_value = loss.clone().into_scalar::<f64>();
+        if !loss_value.is_finite() {
+            return Err(diverged("loss", loss_value));
+        }
+        let (grads, grad_norm) = self.clipped_gradients(&model, loss);
+        if !grad_norm.is_finite() {
+            return Err(diverged("gradient norm", grad_norm));
+        }
+        let model = self.optimizer.step(self.lr_at(step), model, grads);
+        Ok((model, loss_value, grad_norm))
+    }
+
+    fn clipped_gradients<M: Module>(&self, model: &M, loss: Tensor<1>) -> (GradientsParams, f64) {
+        let mut grads = GradientsParams::from_grads(loss.backward(), model);
+        if self.config.grad_clip_value > 0.0 {
+            clip_grad_value(model, &mut grads, self.config.grad_clip_value);
+        }
+        let grad_norm = clip_grad_norm(model, &mut grads, self.config.grad_clip_norm);
+        (grads, grad_norm)
     }
 }

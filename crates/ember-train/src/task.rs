@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::checkpoint::{CheckpointDir, Progress, no_carried, write_atomically};
 use crate::config::{RunConfig, TaskKind};
-use crate::error::io_error;
+use crate::error::{expect_run, io_error};
 use crate::step::GradientStep;
 use crate::trainer::{
     CONFIG_FILE, METRICS_FILE, VOCAB_FILE, lock_run_dir, optimizer_from, truncate_metrics,
@@ -483,6 +483,7 @@ impl<M: SequenceTask> TaskTrainer<M> {
 /// A sequence run's config (with `overrides`, which may change `[train]`, `[optimizer]` and
 /// `[task]` decoding but not the data or the model) and vocabularies.
 fn open_run(run_dir: &Path, overrides: &[String]) -> Result<(RunConfig, TaskVocab), TrainError> {
+    expect_run(run_dir)?;
     let saved = RunConfig::load(&run_dir.join(CONFIG_FILE), &[])?;
     let config = RunConfig::load(&run_dir.join(CONFIG_FILE), overrides)?;
     if config.data != saved.data
@@ -531,14 +532,9 @@ impl<M: SequenceTask> Training for TaskTrainer<M> {
         let batch: Vec<&Example> = lines.iter().map(|&i| &self.data.train[i]).collect();
         let chars: usize = batch.iter().map(|e| e.source.len()).sum();
         let loss = self.model.loss(&batch, &self.config, &train_device);
-        let loss_value = loss.clone().into_scalar::<f64>();
-        if !loss_value.is_finite() {
-            return Err(TrainError::NonFiniteLoss {
-                step: step + 1,
-                loss: loss_value,
-            });
-        }
-        let (model, grad_norm) = self.optimizer.apply(self.model.clone(), loss, step);
+        let (model, loss_value, grad_norm) =
+            self.optimizer
+                .apply_checked(self.model.clone(), loss, step)?;
         self.model = model;
         self.progress.step += 1;
         self.progress.chars_seen += chars as u64;
@@ -598,15 +594,6 @@ pub struct TaskRun<M: SequenceTask> {
 impl<M: SequenceTask> TaskRun<M> {
     /// Opens `run_dir`.
     pub fn open(run_dir: &Path, device: &Device) -> Result<Self, TrainError> {
-        if !run_dir.join(CONFIG_FILE).is_file() {
-            return Err(TrainError::Io {
-                path: run_dir.to_path_buf(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "no run in this directory",
-                ),
-            });
-        }
         let (config, vocab) = open_run(run_dir, &[])?;
         let template = M::init(&config, &vocab, device);
         let checkpoint = CheckpointDir::new(run_dir).load_latest(

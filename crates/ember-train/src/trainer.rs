@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointDir, Progress, char_lm_carried, write_atomically};
 use crate::config::{OptimizerConfig, OptimizerKind, RunConfig};
-use crate::error::io_error;
+use crate::error::{expect_run, io_error};
 use crate::step::GradientStep;
 use crate::{Evaluation, TrainError, Training};
 
@@ -83,20 +83,21 @@ impl Trainer {
         if run_dir.join(CONFIG_FILE).exists() {
             return Err(TrainError::RunExists(run_dir.to_path_buf()));
         }
-        let corpus = Corpus::load(&config.data.path)?;
+        let corpus = Corpus::load_with(&config.data.path, None, config.data.max_bytes)?;
+        let streams = streams(&config, corpus)?;
         fs::create_dir_all(run_dir).map_err(io_error(run_dir))?;
         let lock = lock_run_dir(run_dir)?;
-        corpus.vocab.save(&run_dir.join(VOCAB_FILE))?;
+        streams.0.save(&run_dir.join(VOCAB_FILE))?;
         write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
         let _ = fs::remove_file(run_dir.join(METRICS_FILE));
 
         let train_device = device.clone().autodiff();
         train_device.seed(config.train.seed);
-        let model = model_config(&config, corpus.vocab.len()).init(&train_device);
+        let model = model_config(&config, streams.0.len()).init(&train_device);
         let optimizer = optimizer_for(&config);
         let progress = Progress::start();
         Self::assemble(
-            config, run_dir, device, corpus, model, optimizer, progress, None, lock,
+            config, run_dir, device, streams, model, optimizer, progress, None, lock,
         )
     }
 
@@ -107,12 +108,7 @@ impl Trainer {
         overrides: &[String],
         device: &Device,
     ) -> Result<Self, TrainError> {
-        if !run_dir.is_dir() {
-            return Err(TrainError::Io {
-                path: run_dir.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such run directory"),
-            });
-        }
+        expect_run(run_dir)?;
         let lock = lock_run_dir(run_dir)?;
         let saved = RunConfig::load(&run_dir.join(CONFIG_FILE), &[])?;
         let config = RunConfig::load(&run_dir.join(CONFIG_FILE), overrides)?;
@@ -123,11 +119,12 @@ impl Trainer {
             });
         }
         let vocab = Vocab::load(&run_dir.join(VOCAB_FILE))?;
-        let corpus = Corpus::load_with_vocab(&config.data.path, vocab)?;
+        let corpus = Corpus::load_with(&config.data.path, Some(vocab), config.data.max_bytes)?;
+        let streams = streams(&config, corpus)?;
         let train_device = device.clone().autodiff();
         // Seeded as `create` seeds it, so a run with no checkpoint yet restarts as it began.
         train_device.seed(config.train.seed);
-        let template = model_config(&config, corpus.vocab.len()).init(&train_device);
+        let template = model_config(&config, streams.0.len()).init(&train_device);
         let checkpoint = CheckpointDir::new(run_dir).resume_point(
             template,
             optimizer_for(&config),
@@ -145,7 +142,7 @@ impl Trainer {
             config,
             run_dir,
             device,
-            corpus,
+            streams,
             checkpoint.model,
             checkpoint.optimizer,
             checkpoint.progress,
@@ -159,35 +156,13 @@ impl Trainer {
         config: RunConfig,
         run_dir: &Path,
         device: &Device,
-        corpus: Corpus,
+        (vocab, train, val): (Vocab, StreamBatcher, Option<StreamBatcher>),
         model: CharLm,
         optimizer: ModuleOptimizer,
         progress: Progress,
         carried: Option<RecurrentState>,
         lock: File,
     ) -> Result<Self, TrainError> {
-        let splits = Splits::by_fraction(
-            corpus.len(),
-            config.data.val_fraction,
-            config.data.test_fraction,
-        )?;
-        let (batch_size, seq_len) = (config.data.batch_size, config.data.seq_len);
-        let train = StreamBatcher::new(
-            &corpus.ids[splits.train.clone()],
-            batch_size,
-            seq_len,
-            "train",
-        )?;
-        let val = if splits.val.is_empty() {
-            None
-        } else {
-            Some(StreamBatcher::new(
-                &corpus.ids[splits.val.clone()],
-                batch_size,
-                seq_len,
-                "validation",
-            )?)
-        };
         Ok(Trainer {
             checkpoints: CheckpointDir::new(run_dir),
             optimizer: GradientStep::with_optimizer(&config.optimizer, optimizer),
@@ -197,7 +172,7 @@ impl Trainer {
             model,
             train,
             val,
-            vocab: corpus.vocab,
+            vocab,
             progress,
             carried,
             _lock: lock,
@@ -248,14 +223,9 @@ impl Trainer {
         };
         let (inputs, targets) = chunk_tensors(&chunk, &train_device);
         let (loss, state) = self.model.forward_loss(inputs, targets, Some(state));
-        let loss_value = loss.clone().into_scalar::<f64>();
-        if !loss_value.is_finite() {
-            return Err(TrainError::NonFiniteLoss {
-                step: step + 1,
-                loss: loss_value,
-            });
-        }
-        let (model, grad_norm) = self.optimizer.apply(self.model.clone(), loss, step);
+        let (model, loss_value, grad_norm) =
+            self.optimizer
+                .apply_checked(self.model.clone(), loss, step)?;
         self.model = model;
         self.carried = Some(state.detach());
         self.progress.step += 1;
@@ -325,6 +295,37 @@ impl Training for Trainer {
     fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
         Trainer::save_checkpoint(self)
     }
+}
+
+/// The run's vocabulary with its training and validation streams, made before anything is
+/// written so that a corpus too short for a batch leaves no run directory behind.
+fn streams(
+    config: &RunConfig,
+    corpus: Corpus,
+) -> Result<(Vocab, StreamBatcher, Option<StreamBatcher>), TrainError> {
+    let splits = Splits::by_fraction(
+        corpus.len(),
+        config.data.val_fraction,
+        config.data.test_fraction,
+    )?;
+    let (batch_size, seq_len) = (config.data.batch_size, config.data.seq_len);
+    let train = StreamBatcher::new(
+        &corpus.ids[splits.train.clone()],
+        batch_size,
+        seq_len,
+        "train",
+    )?;
+    let val = if splits.val.is_empty() {
+        None
+    } else {
+        Some(StreamBatcher::new(
+            &corpus.ids[splits.val.clone()],
+            batch_size,
+            seq_len,
+            "validation",
+        )?)
+    };
+    Ok((corpus.vocab, train, val))
 }
 
 /// The config of the model a run trains.

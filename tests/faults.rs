@@ -1,0 +1,728 @@
+//! Bad input and machine faults against the real `ember` binary. Every bad input gets an error
+//! that names it, the exit status of its kind (README, "Exit status"), no panic and no file
+//! written or changed; no fault loses a step that a checkpoint holds.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const USAGE: i32 = 2;
+const DATA: i32 = 3;
+const RUN: i32 = 4;
+const FILE_SYSTEM: i32 = 5;
+const DIVERGED: i32 = 6;
+
+/// Every file under `dir` with its bytes (the lock file's too: it holds nothing).
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// Runs `command`, which must fail with `status`, name every one of `names` on stderr, print
+/// nothing on stdout and not panic.
+fn fails(what: &str, command: &mut Command, status: i32, names: &[&str]) {
+    let output = command.output().expect("ember runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(status),
+        "{what}: exit status {:?}, stderr: {stderr}",
+        output.status
+    );
+    assert!(!stderr.contains("panicked"), "{what} panicked: {stderr}");
+    assert!(output.stdout.is_empty(), "{what} printed to stdout");
+    for name in names {
+        assert!(
+            stderr.contains(name),
+            "{what}: {name:?} not named in {stderr}"
+        );
+    }
+}
+
+fn is_root() -> bool {
+    let output = Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&output.stdout).trim() == "0"
+}
+
+/// `command` as an unprivileged user: root reads any file whatever its mode.
+fn unprivileged(command: &Command) -> Command {
+    if !is_root() {
+        let mut copy = Command::new(command.get_program());
+        copy.args(command.get_args());
+        copy.current_dir(command.get_current_dir().unwrap());
+        return copy;
+    }
+    let mut wrapped = Command::new("setpriv");
+    wrapped.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+    wrapped.arg(command.get_program()).args(command.get_args());
+    wrapped.current_dir(command.get_current_dir().unwrap());
+    wrapped.env("RUST_LOG", "warn");
+    wrapped
+}
+
+#[test]
+fn bad_corpora_and_configs_are_named_and_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let run_dir = root.join("run");
+    let mut tried = 0;
+    let mut new_run_fails = |what: &str, command: &mut Command, status: i32, names: &[&str]| {
+        fails(what, command, status, names);
+        assert!(!run_dir.exists(), "{what} left {}", run_dir.display());
+        tried += 1;
+    };
+    let file = |name: &str, bytes: &[u8]| {
+        let path = root.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let data = |path: &Path| format!("data.path={:?}", path.display().to_string());
+
+    // Corpora.
+    let missing = root.join("absent.txt");
+    new_run_fails(
+        "missing corpus",
+        &mut train(&run_dir, &[&data(&missing)]),
+        DATA,
+        &["absent.txt"],
+    );
+    new_run_fails(
+        "corpus is a directory",
+        &mut train(&run_dir, &[&data(root)]),
+        DATA,
+        &["directory"],
+    );
+    let empty = file("empty.txt", b"");
+    new_run_fails(
+        "empty corpus",
+        &mut train(&run_dir, &[&data(&empty)]),
+        DATA,
+        &["empty.txt", "empty"],
+    );
+    let latin1 = file("latin1.txt", b"hello\xe9world");
+    new_run_fails(
+        "invalid UTF-8",
+        &mut train(&run_dir, &[&data(&latin1)]),
+        DATA,
+        &["latin1.txt", "UTF-8", "byte offset 5"],
+    );
+    let short = file("short.txt", b"To be, or not to be");
+    new_run_fails(
+        "corpus shorter than a batch",
+        &mut train(&run_dir, &[&data(&short)]),
+        DATA,
+        &["fewer than one batch"],
+    );
+    // A sparse gigabyte: refused from its size, before a byte of it is read.
+    let huge = root.join("huge.txt");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(1_000_000_000)
+        .unwrap();
+    let start = Instant::now();
+    new_run_fails(
+        "1 GB corpus",
+        &mut train(&run_dir, &[&data(&huge)]),
+        DATA,
+        &["huge.txt", "1000000000 bytes", "data.max_bytes"],
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "the size check read the file"
+    );
+    // Unreadable: the directory stays listable, the file has no read permission.
+    let locked_dir = root.join("locked");
+    std::fs::create_dir(&locked_dir).unwrap();
+    let unreadable = locked_dir.join("secret.txt");
+    std::fs::write(&unreadable, "some text\n").unwrap();
+    for (path, mode) in [
+        (root, 0o755),
+        (locked_dir.as_path(), 0o755),
+        (&unreadable, 0o000),
+    ] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    new_run_fails(
+        "unreadable corpus",
+        &mut unprivileged(&train(&run_dir, &[&data(&unreadable)])),
+        DATA,
+        &["secret.txt", "ermission denied"],
+    );
+
+    // Config files.
+    let config_cases: [(&str, &str, &[&str]); 7] = [
+        (
+            "unknown key",
+            "[model]\ncell = \"lstm\"\nhiden = 3\n",
+            &["hiden", "line 3"],
+        ),
+        (
+            "wrong type",
+            "[model]\nd_hidden = \"big\"\n",
+            &["d_hidden", "line 2"],
+        ),
+        ("missing value", "[train]\nsteps =\n", &["line 2"]),
+        (
+            "unknown cell",
+            "[model]\ncell = \"transformer\"\n",
+            &["transformer", "lstm"],
+        ),
+        ("unknown section", "[modle]\ncell = \"gru\"\n", &["modle"]),
+        (
+            "negative size",
+            "[model]\nnum_layers = -2\n",
+            &["num_layers"],
+        ),
+        ("not TOML", "[model\ncell = \"gru\"\n", &["line 1"]),
+    ];
+    for (what, text, names) in config_cases {
+        let config = file("bad.toml", text.as_bytes());
+        let mut names = names.to_vec();
+        names.push("bad.toml");
+        new_run_fails(what, &mut train_with(&config, &run_dir, &[]), USAGE, &names);
+    }
+    new_run_fails(
+        "missing config file",
+        &mut train_with(&root.join("nowhere.toml"), &run_dir, &[]),
+        FILE_SYSTEM,
+        &["nowhere.toml"],
+    );
+
+    // Values, through --set.
+    let set_cases: [(&[&str], &[&str]); 14] = [
+        (&["model.d_hidden=0"], &["model.d_hidden"]),
+        (&["model.num_layers=0"], &["model.num_layers"]),
+        (&["data.batch_size=0"], &["data.batch_size"]),
+        (&["data.seq_len=0"], &["data.seq_len"]),
+        (&["optimizer.lr=0"], &["optimizer.lr"]),
+        (&["optimizer.lr=-0.1"], &["optimizer.lr"]),
+        (&["model.dropout=1.0"], &["model.dropout"]),
+        (&["model.dropout=-0.5"], &["model.dropout"]),
+        (
+            &["data.val_fraction=0.7", "data.test_fraction=0.4"],
+            &["val_fraction", "test_fraction"],
+        ),
+        (&["model.cell=\"transformer\""], &["transformer"]),
+        (&["train.stepz=3"], &["stepz"]),
+        (&["modle.cell=\"gru\""], &["modle"]),
+        (&["train.steps"], &["train.steps"]),
+        (&["train.steps=\"many\""], &["train.steps"]),
+    ];
+    for (assignments, names) in set_cases {
+        new_run_fails(
+            &assignments.join(" "),
+            &mut train(&run_dir, assignments),
+            USAGE,
+            names,
+        );
+    }
+    new_run_fails(
+        "neither --config nor --resume",
+        ember().arg("train"),
+        USAGE,
+        &["--config"],
+    );
+    eprintln!("bad corpora and configs tried: {tried}");
+    assert_eq!(tried, 30);
+}
+
+#[test]
+fn bad_sampling_and_run_requests_are_named_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    run_ok(&mut train(&run_dir, &["train.steps=10"]));
+    let before = snapshot(&run_dir);
+    let mut tried = 0;
+    let mut run_fails = |what: &str, command: &mut Command, status: i32, names: &[&str]| {
+        fails(what, command, status, names);
+        assert!(
+            snapshot(&run_dir) == before,
+            "{what} changed the run directory"
+        );
+        tried += 1;
+    };
+    let sample = |args: &[&str]| {
+        let mut command = ember();
+        command.args(["sample", "--run"]).arg(&run_dir).args(args);
+        command
+    };
+    run_fails(
+        "prime outside the vocabulary",
+        &mut sample(&["--prime", "ROMEO§¶"]),
+        USAGE,
+        &["'§'", "'¶'", "vocabulary"],
+    );
+    for (args, names) in [
+        (&["--temperature", "0"][..], &["temperature"][..]),
+        (&["--temperature=-1"], &["temperature"]),
+        (&["--top-k", "0"], &["top-k"]),
+        (&["--top-k", "66"], &["top-k", "65"]),
+        (&["--length", "0"], &["--length"]),
+        (&["--length", "ten"], &["--length"]),
+    ] {
+        run_fails(&args.join(" "), &mut sample(args), USAGE, names);
+    }
+
+    let absent = dir.path().join("absent");
+    let not_a_run = dir.path().join("empty");
+    std::fs::create_dir(&not_a_run).unwrap();
+    for target in [&absent, &not_a_run] {
+        let name = target.file_name().unwrap().to_str().unwrap();
+        for command in ["sample", "eval", "predict", "plot", "export-torch"] {
+            let mut cmd = ember();
+            cmd.args([command, "--run"]).arg(target);
+            if command == "eval" {
+                cmd.arg("--text").arg(repo("data/sonnet-18.txt"));
+            }
+            if command == "export-torch" {
+                cmd.arg("--out").arg(dir.path().join("out.safetensors"));
+            }
+            run_fails(&format!("{command} on {name}"), &mut cmd, RUN, &[name]);
+        }
+        run_fails(
+            &format!("resume {name}"),
+            &mut resume(target, &[]),
+            RUN,
+            &[name],
+        );
+    }
+    assert!(!absent.exists());
+    assert_eq!(std::fs::read_dir(&not_a_run).unwrap().count(), 0);
+    assert!(!dir.path().join("out.safetensors").exists());
+
+    run_fails(
+        "a new run over an existing one",
+        &mut train(&run_dir, &[]),
+        RUN,
+        &["already holds a run"],
+    );
+    run_fails(
+        "resume changing the model",
+        &mut resume(&run_dir, &["model.d_hidden=64"]),
+        USAGE,
+        &["[model]"],
+    );
+    let text = dir.path().join("greek.txt");
+    std::fs::write(&text, "αβγ").unwrap();
+    run_fails(
+        "eval text outside the vocabulary",
+        ember()
+            .args(["eval", "--run"])
+            .arg(&run_dir)
+            .arg("--text")
+            .arg(&text),
+        DATA,
+        &["'α'"],
+    );
+    eprintln!("bad sampling and run requests tried: {tried}");
+    assert_eq!(tried, 22);
+}
+
+/// Cuts `path` to half its length, or flips 64 bytes in its middle.
+fn damage(path: &Path, truncate: bool) {
+    let mut bytes = std::fs::read(path).unwrap();
+    if truncate {
+        bytes.truncate(bytes.len() / 2);
+    } else {
+        let (middle, len) = (bytes.len() / 2, bytes.len());
+        for byte in &mut bytes[middle..(middle + 64).min(len)] {
+            *byte ^= 0xA5;
+        }
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn damaged_or_foreign_checkpoints_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    run_ok(&mut train(&run_dir, &["train.steps=20"]));
+    let checkpoints = run_dir.join("checkpoints");
+    let newest = checkpoints.join("step-00000020");
+    let older = checkpoints.join("step-00000010");
+    let sample = |run: &Path| {
+        let mut command = ember();
+        command
+            .args(["sample", "--run"])
+            .arg(run)
+            .args(["--length", "20"]);
+        command
+    };
+
+    // A damaged newest checkpoint: the older one is used, with a warning naming the damage.
+    for (file, truncate) in [
+        ("model.bpk", true),
+        ("model.bpk", false),
+        ("optimizer.bpk", true),
+        ("progress.json", false),
+    ] {
+        let copy = dir.path().join("copy");
+        let _ = std::fs::remove_dir_all(&copy);
+        copy_dir(&run_dir, &copy);
+        damage(&copy.join("checkpoints/step-00000020").join(file), truncate);
+        let output = run_ok(resume(&copy, &["train.steps=25"]).env("RUST_LOG", "warn"));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("step 20") && stderr.contains(file),
+            "{file}: {stderr}"
+        );
+        assert!(losses(&copy).iter().any(|(step, _)| *step == 25));
+    }
+
+    // Every checkpoint damaged: an error naming the file; nothing is rewritten.
+    damage(&older.join("model.bpk"), true);
+    damage(&newest.join("model.bpk"), false);
+    let before = snapshot(&run_dir);
+    fails(
+        "resume with all checkpoints damaged",
+        &mut resume(&run_dir, &[]),
+        RUN,
+        &["model.bpk"],
+    );
+    fails(
+        "sample with all checkpoints damaged",
+        &mut sample(&run_dir),
+        RUN,
+        &["model.bpk"],
+    );
+    assert!(snapshot(&run_dir) == before);
+
+    // A checkpoint of another architecture, and a vocabulary of another size.
+    let small = dir.path().join("small");
+    run_ok(&mut train(&small, &["train.steps=10", "model.d_hidden=16"]));
+    let other = dir.path().join("other");
+    run_ok(&mut train(&other, &["train.steps=10"]));
+    std::fs::remove_dir_all(other.join("checkpoints/step-00000010")).unwrap();
+    copy_dir(
+        &small.join("checkpoints/step-00000010"),
+        &other.join("checkpoints/step-00000010"),
+    );
+    let before = snapshot(&other);
+    fails(
+        "foreign architecture",
+        &mut resume(&other, &[]),
+        RUN,
+        &["does not fit"],
+    );
+    assert!(snapshot(&other) == before);
+
+    let foreign_vocab = dir.path().join("vocab-run");
+    run_ok(&mut train(&foreign_vocab, &["train.steps=10"]));
+    let text = dir.path().join("digits.txt");
+    std::fs::write(&text, "0123456789 ".repeat(2000)).unwrap();
+    let digits = dir.path().join("digits");
+    run_ok(&mut train(
+        &digits,
+        &[
+            "train.steps=1",
+            &format!("data.path={:?}", text.display().to_string()),
+        ],
+    ));
+    std::fs::copy(digits.join("vocab.json"), foreign_vocab.join("vocab.json")).unwrap();
+    fails(
+        "foreign vocabulary",
+        &mut sample(&foreign_vocab),
+        RUN,
+        &["does not fit"],
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A training process that is killed if the test ends before it does.
+struct Training(Option<Child>);
+
+impl Training {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().unwrap()
+    }
+
+    fn wait_with_output(mut self) -> std::process::Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Training {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn long_run(run_dir: &Path, overrides: &[&str]) -> Training {
+    let mut settings = vec![
+        "train.steps=1000000",
+        "train.checkpoint_every=20",
+        "train.keep_checkpoints=100000",
+        "train.eval_every=0",
+    ];
+    settings.extend_from_slice(overrides);
+    Training(Some(
+        train(run_dir, &settings)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ))
+}
+
+fn signal(training: &mut Training, name: &str) {
+    send_signal(training.child(), name);
+}
+
+#[test]
+fn a_second_trainer_on_one_run_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let mut first = long_run(&run_dir, &[]);
+    wait_for(
+        &run_dir.join("checkpoints/step-00000020"),
+        first.child(),
+        Duration::from_secs(120),
+    );
+    fails(
+        "a second trainer",
+        &mut resume(&run_dir, &[]),
+        RUN,
+        &["lock", "run"],
+    );
+    fails(
+        "a new run in a directory being trained",
+        &mut train(&run_dir, &[]),
+        RUN,
+        &["already holds a run"],
+    );
+    signal(&mut first, "INT");
+    let output = first.wait_with_output();
+    assert!(output.status.success(), "{:?}", output.status);
+    // The first run's metrics were never interleaved with another's.
+    let steps: Vec<u64> = losses(&run_dir).iter().map(|(step, _)| *step).collect();
+    assert!(steps.windows(2).all(|w| w[1] == w[0] + 5), "{steps:?}");
+}
+
+#[test]
+fn a_second_ctrl_c_quits_at_once_and_damages_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    // Steps of about a tenth of a second, so that the second Ctrl-C lands before the first one's
+    // checkpoint is written.
+    let mut child = long_run(
+        &run_dir,
+        &["model.d_hidden=512", "train.checkpoint_every=5"],
+    );
+    wait_for(
+        &run_dir.join("checkpoints/step-00000005"),
+        child.child(),
+        Duration::from_secs(120),
+    );
+    signal(&mut child, "INT");
+    std::thread::sleep(Duration::from_millis(20));
+    signal(&mut child, "INT");
+    let output = child.wait_with_output();
+    assert_eq!(output.status.code(), Some(130), "{:?}", output.status);
+    // Whatever the first Ctrl-C began, the newest checkpoint loads and training goes on from it.
+    let last = *CheckpointSteps::of(&run_dir).last().unwrap();
+    run_ok(&mut resume(
+        &run_dir,
+        &[&format!("train.steps={}", last + 1)],
+    ));
+    assert_eq!(losses(&run_dir).last().unwrap().0, last + 1);
+}
+
+fn mount(args: &[&str], path: &Path) {
+    let status = Command::new("mount").args(args).arg(path).status().unwrap();
+    assert!(status.success(), "mount {args:?} {}", path.display());
+}
+
+/// Unmounts its path when dropped, whatever the test did meanwhile.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_or_read_only_run_directory_stops_cleanly() {
+    if !is_root() {
+        // A full disk and a read-only directory are made by mounts, which need root.
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for fault in ["full", "read-only"] {
+        let disk = dir.path().join(fault);
+        std::fs::create_dir(&disk).unwrap();
+        mount(&["-t", "tmpfs", "-o", "size=64m", "tmpfs"], &disk);
+        let _disk = Unmount(disk.clone());
+        let run_dir = disk.join("run");
+        let mut child = long_run(&run_dir, &[]);
+        wait_for(
+            &run_dir.join("checkpoints/step-00000020"),
+            child.child(),
+            Duration::from_secs(120),
+        );
+        let good = snapshot(&run_dir.join("checkpoints/step-00000020"));
+        let read_only = if fault == "full" {
+            let filler = disk.join("filler");
+            let mut file = std::fs::File::create(&filler).unwrap();
+            let block = vec![0u8; 1 << 16];
+            while std::io::Write::write_all(&mut file, &block).is_ok() {}
+            None
+        } else {
+            // The run directory seen read-only through a bind mount over itself: the files the
+            // run holds open stay writable, every new one is refused.
+            mount(&["--bind", &run_dir.to_string_lossy()], &run_dir);
+            mount(&["-o", "remount,bind,ro"], &run_dir);
+            Some(Unmount(run_dir.clone()))
+        };
+        let output = child.wait_with_output();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let expected = if fault == "full" {
+            "No space left"
+        } else {
+            "Read-only"
+        };
+        assert_eq!(output.status.code(), Some(FILE_SYSTEM), "{fault}: {stderr}");
+        assert!(
+            stderr.contains(expected) && stderr.contains(&*run_dir.to_string_lossy()),
+            "{fault}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+
+        // Once there is room again, the checkpoint before the fault is intact, no partial write
+        // is left and the run goes on from its newest checkpoint.
+        drop(read_only);
+        let _ = std::fs::remove_file(disk.join("filler"));
+        assert!(snapshot(&run_dir.join("checkpoints/step-00000020")) == good);
+        let partials: Vec<_> = std::fs::read_dir(run_dir.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with('.'))
+            .collect();
+        assert!(partials.is_empty(), "{fault}: {partials:?}");
+        let last = *CheckpointSteps::of(&run_dir).last().unwrap();
+        run_ok(&mut resume(
+            &run_dir,
+            &[&format!("train.steps={}", last + 5)],
+        ));
+        assert_eq!(losses(&run_dir).last().unwrap().0, last + 5);
+        eprintln!("{fault}: stopped cleanly, resumed from step {last}");
+    }
+}
+
+struct CheckpointSteps;
+
+impl CheckpointSteps {
+    fn of(run_dir: &Path) -> Vec<u64> {
+        let mut steps: Vec<u64> = std::fs::read_dir(run_dir.join("checkpoints"))
+            .unwrap()
+            .filter_map(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_str()?
+                    .strip_prefix("step-")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        steps.sort_unstable();
+        steps
+    }
+}
+
+#[test]
+fn divergence_stops_at_the_last_good_checkpoint_or_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    run_ok(&mut train(&run_dir, &["train.steps=10"]));
+    let good = snapshot(&run_dir.join("checkpoints/step-00000010"));
+    // Adam moves every weight by about lr: at 3e38 the logits overflow f32 after one step.
+    let explode = ["train.steps=20", "optimizer.lr=3e38"];
+    fails(
+        "divergence",
+        &mut resume(&run_dir, &explode),
+        DIVERGED,
+        &["loss became NaN at step 12", "optimizer.lr"],
+    );
+    assert_eq!(CheckpointSteps::of(&run_dir), [10]);
+    assert!(snapshot(&run_dir.join("checkpoints/step-00000010")) == good);
+    assert_eq!(losses(&run_dir).last().unwrap().0, 10);
+
+    let output = run_ok(&mut resume(
+        &run_dir,
+        &[
+            "train.steps=20",
+            "optimizer.lr=3e38",
+            "train.on_divergence=\"rollback\"",
+            "train.rollback_lr_factor=1e-41",
+        ],
+    ));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("rollback 1 of 3"), "{stderr}");
+    let config = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
+    let lr: f64 = config
+        .lines()
+        .find_map(|line| line.strip_prefix("lr = "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(lr < 1e-2, "{config}");
+    assert_eq!(losses(&run_dir).last().unwrap().0, 20);
+    assert!(
+        losses(&run_dir)
+            .iter()
+            .all(|(_, loss)| loss.parse::<f64>().unwrap().is_finite())
+    );
+
+    // Without a way back, the rollbacks run out and the run stops as before.
+    let stubborn = dir.path().join("stubborn");
+    fails(
+        "rollbacks that cannot help",
+        &mut train(
+            &stubborn,
+            &[
+                "optimizer.lr=3e38",
+                "train.on_divergence=\"rollback\"",
+                "train.rollback_lr_factor=0.99",
+                "train.max_rollbacks=2",
+            ],
+        ),
+        DIVERGED,
+        &["rollback 2 of 2", "at step 2"],
+    );
+}
