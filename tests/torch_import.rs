@@ -3,17 +3,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 use safetensors::SafeTensors;
-
-fn fixtures() -> PathBuf {
-    match std::env::var_os("EMBER_FIXTURES") {
-        Some(dir) => PathBuf::from(dir),
-        None => repo("../shared/fixtures/torch"),
-    }
-}
 
 fn f32s(tensors: &SafeTensors, key: &str) -> Vec<f32> {
     let view = tensors.tensor(key).unwrap();

@@ -16,6 +16,14 @@ pub fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// The PyTorch fixtures: `EMBER_FIXTURES`, else `../shared/fixtures/torch`.
+pub fn fixtures() -> PathBuf {
+    match std::env::var_os("EMBER_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => repo("../shared/fixtures/torch"),
+    }
+}
+
 pub fn run_ok(command: &mut Command) -> Output {
     let output = command.output().expect("ember runs");
     assert!(

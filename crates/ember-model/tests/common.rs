@@ -9,11 +9,15 @@ use burn::tensor::{Device, Gradients, Tensor, TensorData};
 use ember_model::CharLm;
 use ember_model::torch::{HostTensor, StateDict};
 
-/// The CPU backends the model tests run on: both must give PyTorch's numbers.
+/// The backends the model tests run on: both CPU backends, and wgpu with the `test-wgpu`
+/// feature; every one must give PyTorch's numbers.
 // NdArray is deprecated upstream, but it is one of the two backends Ember supports.
-#[allow(deprecated)]
+#[allow(deprecated, unused_mut)]
 pub fn devices() -> Vec<(&'static str, Device)> {
-    vec![("flex", Device::flex()), ("ndarray", Device::ndarray())]
+    let mut devices = vec![("flex", Device::flex()), ("ndarray", Device::ndarray())];
+    #[cfg(feature = "test-wgpu")]
+    devices.push(("wgpu", Device::wgpu(Default::default())));
+    devices
 }
 
 /// `shared/fixtures/torch`, beside the repository (override with `EMBER_FIXTURES`).
