@@ -76,9 +76,17 @@ struct Report {
     d_hidden: usize,
     batch_size: usize,
     seq_len: usize,
+    /// Training as `ember train` runs it: through the fused kernels where they apply.
     train_chars_per_sec: f64,
+    /// `fused` or `plain`: the path `train_chars_per_sec` measured.
+    train_kernel: String,
     sample_chars_per_sec: f64,
+    /// Peak resident memory after training and sampling, before the baselines ran.
     peak_rss_mb: f64,
+    /// The plain path (Burn's autodiff over Ember's cells), same loop (fused cases only).
+    baseline_plain_train_chars_per_sec: Option<f64>,
+    /// Training throughput over the plain path's.
+    ratio_to_plain: Option<f64>,
     /// `burn::nn::Lstm` stacked, same sizes and loop (LSTM cases only).
     baseline_burn_lstm_train_chars_per_sec: Option<f64>,
     /// Ember's training throughput over the baseline's.
@@ -146,21 +154,48 @@ fn measure(case: &Case, device: &Device, budget: Duration) -> Report {
     train_device.seed(1);
     let chars = (case.batch_size * case.seq_len) as f64;
 
-    let mut model = CharLmConfig::new(VOCAB, case.cell, case.d_hidden)
-        .with_num_layers(case.num_layers)
-        .with_d_embed(D_EMBED)
-        .init(&train_device);
-    let mut optimizer = AdamConfig::new().init();
+    let new_model = || {
+        train_device.seed(1);
+        CharLmConfig::new(VOCAB, case.cell, case.d_hidden)
+            .with_num_layers(case.num_layers)
+            .with_d_embed(D_EMBED)
+            .init(&train_device)
+    };
     let (ids, targets) = random_ids(case, &train_device);
     // Truncated BPTT as training runs it: the state carried and detached between chunks.
-    let mut state = None;
-    let train = chars
-        * steps_per_sec(budget, || {
-            let (loss, next) = model.forward_loss(ids.clone(), targets.clone(), state.take());
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optimizer.step(2e-3, model.clone(), grads);
-            state = Some(next.detach());
-        });
+    let plain_train = |model: &mut CharLm| {
+        let mut optimizer = AdamConfig::new().init();
+        let mut state = None;
+        chars
+            * steps_per_sec(budget, || {
+                let (loss, next) = model.forward_loss(ids.clone(), targets.clone(), state.take());
+                let grads = GradientsParams::from_grads(loss.backward(), &*model);
+                *model = optimizer.step(2e-3, model.clone(), grads);
+                state = Some(next.detach());
+            })
+    };
+    let mut model = new_model();
+    let fused = ember_train::fused::supports(&model);
+    let train = if fused {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut optimizer = AdamConfig::new().init();
+        let mut state = model.zero_state(case.batch_size, &train_device);
+        chars
+            * steps_per_sec(budget, || {
+                let step = ember_train::fused::fused_step(
+                    &model,
+                    ids.clone(),
+                    targets.clone(),
+                    state.clone(),
+                    &train_device,
+                    threads,
+                );
+                model = optimizer.step(2e-3, model.clone(), step.gradients);
+                state = step.state.detach();
+            })
+    } else {
+        plain_train(&mut model)
+    };
 
     let valid = model.valid();
     let mut sampler = valid
@@ -169,6 +204,8 @@ fn measure(case: &Case, device: &Device, budget: Duration) -> Report {
     let sample = steps_per_sec(budget / 2, || {
         sampler.next();
     });
+    let peak_rss_mb = peak_rss_mb();
+    let plain = fused.then(|| plain_train(&mut new_model()));
 
     let baseline = (case.cell == CellKind::Lstm).then(|| {
         let mut model = BurnLstmLm::new(case, &train_device);
@@ -190,8 +227,11 @@ fn measure(case: &Case, device: &Device, budget: Duration) -> Report {
         batch_size: case.batch_size,
         seq_len: case.seq_len,
         train_chars_per_sec: train.round(),
+        train_kernel: if fused { "fused" } else { "plain" }.into(),
         sample_chars_per_sec: sample.round(),
-        peak_rss_mb: peak_rss_mb(),
+        peak_rss_mb,
+        baseline_plain_train_chars_per_sec: plain.map(f64::round),
+        ratio_to_plain: plain.map(|p| round3(train / p)),
         baseline_burn_lstm_train_chars_per_sec: baseline.map(f64::round),
         ratio_to_burn_lstm: baseline.map(|b| round3(train / b)),
         pytorch_train_chars_per_sec: pytorch.map(|p| p.0),

@@ -18,6 +18,9 @@ fn f64_devices() -> &'static Vec<(&'static str, Device)> {
     DEVICES.get_or_init(|| {
         devices()
             .into_iter()
+            // wgpu accepts float64 on lavapipe but computes it wrong (the seed's loss came out
+            // 197.4 instead of 23.6); its float32 results are checked by the other tests.
+            .filter(|(name, _)| *name != "wgpu")
             .map(|(name, mut device)| {
                 device
                     .configure(FloatDType::F64)

@@ -196,6 +196,20 @@ pub enum DivergencePolicy {
     Rollback,
 }
 
+/// How the recurrent layers of a language model train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kernel {
+    /// `fused` where it applies (LSTM layers, no dropout), `plain` elsewhere.
+    #[default]
+    Auto,
+    /// Whole-chunk host kernels for the recurrence, one batch shard per thread
+    /// (`ember_model::fused`).
+    Fused,
+    /// Burn's autodiff over the cells' tensor primitives: the reference implementation.
+    Plain,
+}
+
 /// `[train]`: steps, evaluation and checkpoints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -220,6 +234,10 @@ pub struct TrainConfig {
     pub rollback_lr_factor: f64,
     /// The most rollbacks one `ember train` makes before it stops.
     pub max_rollbacks: u32,
+    /// How the recurrent layers train: `auto`, `fused` or `plain` (language models).
+    pub kernel: Kernel,
+    /// The threads the fused kernels split a batch over (0: one per core).
+    pub threads: usize,
 }
 
 impl Default for TrainConfig {
@@ -235,6 +253,8 @@ impl Default for TrainConfig {
             on_divergence: DivergencePolicy::Stop,
             rollback_lr_factor: 0.5,
             max_rollbacks: 3,
+            kernel: Kernel::Auto,
+            threads: 0,
         }
     }
 }
@@ -283,6 +303,22 @@ impl RunConfig {
     /// The config as TOML, every value written out: itself a valid config file.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a run config serializes to TOML")
+    }
+
+    /// Whether the fused kernels can train this run's model.
+    pub fn fused_applies(&self) -> bool {
+        self.task.kind == TaskKind::LanguageModel
+            && self.model.cell == CellKind::Lstm
+            && self.model.dropout == 0.0
+    }
+
+    /// Whether this run trains through the fused kernels.
+    pub fn uses_fused(&self) -> bool {
+        match self.train.kernel {
+            Kernel::Auto => self.fused_applies(),
+            Kernel::Fused => true,
+            Kernel::Plain => false,
+        }
     }
 
     /// Checks the values that types alone do not, naming the key at fault.
@@ -359,6 +395,13 @@ impl RunConfig {
         )?;
         positive("train.keep_checkpoints", self.train.keep_checkpoints)?;
         positive("train.log_every", self.train.log_every as usize)?;
+        if self.train.kernel == Kernel::Fused && !self.fused_applies() {
+            return Err(
+                "`train.kernel = \"fused\"` trains language models of LSTM layers without dropout; \
+                 use `auto` or `plain` for this model"
+                    .into(),
+            );
+        }
         let factor = self.train.rollback_lr_factor;
         if !(factor > 0.0 && factor < 1.0) {
             return Err(format!(

@@ -6,6 +6,7 @@ mod checkpoint;
 pub mod clip;
 mod config;
 mod error;
+pub mod fused;
 mod plot;
 mod pytorch;
 mod run;
@@ -19,7 +20,7 @@ pub use checkpoint::{
     write_atomically,
 };
 pub use config::{
-    DataConfig, DivergencePolicy, ModelConfig, OptimizerConfig, OptimizerKind, RunConfig,
+    DataConfig, DivergencePolicy, Kernel, ModelConfig, OptimizerConfig, OptimizerKind, RunConfig,
     TaskConfig, TaskKind, TrainConfig,
 };
 pub use error::TrainError;

@@ -10,7 +10,7 @@ use ember_model::CharLm;
 use serde::Serialize;
 
 use crate::TrainError;
-use crate::checkpoint::CheckpointDir;
+use crate::checkpoint::{CheckpointDir, decoding_guard};
 use crate::config::RunConfig;
 use crate::error::expect_run;
 use crate::trainer::{CONFIG_FILE, VOCAB_FILE, mean_loss, model_config};
@@ -53,23 +53,26 @@ impl Run {
         let mut last_error = None;
         for step in checkpoints.steps().into_iter().rev() {
             let path = dir.join(format!("checkpoints/step-{step:08}/model.bpk"));
-            let loaded = checkpoints
-                .verify_step(step)
-                .and_then(|()| {
-                    ModuleRecord::load(&path).map_err(|e| TrainError::Checkpoint {
-                        path: path.clone(),
-                        message: e.to_string(),
-                    })
-                })
-                .and_then(|record| {
-                    template
-                        .clone()
-                        .try_load_record(record)
-                        .map_err(|e| TrainError::Mismatch {
+            let step_dir = path.parent().expect("a checkpoint file has a directory");
+            let loaded = decoding_guard(step_dir, || {
+                checkpoints
+                    .verify_step(step)
+                    .and_then(|()| {
+                        ModuleRecord::load(&path).map_err(|e| TrainError::Checkpoint {
                             path: path.clone(),
-                            message: format!("does not fit the run's model: {e}"),
+                            message: e.to_string(),
                         })
-                });
+                    })
+                    .and_then(|record| {
+                        template
+                            .clone()
+                            .try_load_record(record)
+                            .map_err(|e| TrainError::Mismatch {
+                                path: path.clone(),
+                                message: format!("does not fit the run's model: {e}"),
+                            })
+                    })
+            });
             match loaded {
                 Ok(model) => {
                     return Ok(Run {

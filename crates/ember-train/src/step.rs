@@ -67,29 +67,54 @@ impl GradientStep {
         loss: Tensor<1>,
         step: u64,
     ) -> Result<(M, f64, f64), TrainError> {
-        let diverged = |quantity, value| TrainError::Diverged {
-            step: step + 1,
-            quantity,
-            value,
-        };
         let loss_value = loss.clone().into_scalar::<f64>();
-        if !loss_value.is_finite() {
-            return Err(diverged("loss", loss_value));
-        }
-        let (grads, grad_norm) = self.clipped_gradients(&model, loss);
-        if !grad_norm.is_finite() {
-            return Err(diverged("gradient norm", grad_norm));
-        }
-        let model = self.optimizer.step(self.lr_at(step), model, grads);
+        check_finite(step, "loss", loss_value)?;
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let (model, grad_norm) = self.apply_gradients_checked(model, loss_value, grads, step)?;
         Ok((model, loss_value, grad_norm))
+    }
+
+    /// As [`apply_checked`](Self::apply_checked), from gradients computed elsewhere (the fused
+    /// kernels) and the loss they came from. Returns the updated model and the gradient norm.
+    pub fn apply_gradients_checked<M: Module>(
+        &mut self,
+        model: M,
+        loss: f64,
+        mut grads: GradientsParams,
+        step: u64,
+    ) -> Result<(M, f64), TrainError> {
+        check_finite(step, "loss", loss)?;
+        let grad_norm = self.clip(&model, &mut grads);
+        check_finite(step, "gradient norm", grad_norm)?;
+        let model = self.optimizer.step(self.lr_at(step), model, grads);
+        Ok((model, grad_norm))
     }
 
     fn clipped_gradients<M: Module>(&self, model: &M, loss: Tensor<1>) -> (GradientsParams, f64) {
         let mut grads = GradientsParams::from_grads(loss.backward(), model);
-        if self.config.grad_clip_value > 0.0 {
-            clip_grad_value(model, &mut grads, self.config.grad_clip_value);
-        }
-        let grad_norm = clip_grad_norm(model, &mut grads, self.config.grad_clip_norm);
+        let grad_norm = self.clip(model, &mut grads);
         (grads, grad_norm)
+    }
+
+    /// Clips `grads` by value, then by global norm; returns the norm before clipping.
+    fn clip<M: Module>(&self, model: &M, grads: &mut GradientsParams) -> f64 {
+        if self.config.grad_clip_value > 0.0 {
+            clip_grad_value(model, grads, self.config.grad_clip_value);
+        }
+        clip_grad_norm(model, grads, self.config.grad_clip_norm)
+    }
+}
+
+/// An error naming the step if `value` (the `quantity` at optimizer step `step + 1`) is NaN or
+/// infinite.
+fn check_finite(step: u64, quantity: &'static str, value: f64) -> Result<(), TrainError> {
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(TrainError::Diverged {
+            step: step + 1,
+            quantity,
+            value,
+        })
     }
 }

@@ -3,7 +3,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{
     AdaGradConfig, AdamConfig, ModuleOptimizer, RmsPropConfig, SgdConfig, momentum::MomentumConfig,
 };
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{CheckpointDir, Progress, char_lm_carried, write_atomically};
 use crate::config::{OptimizerConfig, OptimizerKind, RunConfig};
 use crate::error::{expect_run, io_error};
+use crate::fused::fused_step;
 use crate::step::GradientStep;
 use crate::{Evaluation, TrainError, Training};
 
@@ -93,7 +94,7 @@ impl Trainer {
 
         let train_device = device.clone().autodiff();
         train_device.seed(config.train.seed);
-        let model = model_config(&config, streams.0.len()).init(&train_device);
+        let model = drawn(model_config(&config, streams.0.len()).init(&train_device));
         let optimizer = optimizer_for(&config);
         let progress = Progress::start();
         Self::assemble(
@@ -124,7 +125,7 @@ impl Trainer {
         let train_device = device.clone().autodiff();
         // Seeded as `create` seeds it, so a run with no checkpoint yet restarts as it began.
         train_device.seed(config.train.seed);
-        let template = model_config(&config, streams.0.len()).init(&train_device);
+        let template = drawn(model_config(&config, streams.0.len()).init(&train_device));
         let checkpoint = CheckpointDir::new(run_dir).resume_point(
             template,
             optimizer_for(&config),
@@ -222,10 +223,26 @@ impl Trainer {
             _ => self.model.zero_state(chunk.batch_size, &train_device),
         };
         let (inputs, targets) = chunk_tensors(&chunk, &train_device);
-        let (loss, state) = self.model.forward_loss(inputs, targets, Some(state));
-        let (model, loss_value, grad_norm) =
-            self.optimizer
-                .apply_checked(self.model.clone(), loss, step)?;
+        let (model, loss_value, grad_norm, state) = if self.config.uses_fused() {
+            let threads = match self.config.train.threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            };
+            let fused = fused_step(&self.model, inputs, targets, state, &train_device, threads);
+            let (model, grad_norm) = self.optimizer.apply_gradients_checked(
+                self.model.clone(),
+                fused.loss,
+                fused.gradients,
+                step,
+            )?;
+            (model, fused.loss, grad_norm, fused.state)
+        } else {
+            let (loss, state) = self.model.forward_loss(inputs, targets, Some(state));
+            let (model, loss_value, grad_norm) =
+                self.optimizer
+                    .apply_checked(self.model.clone(), loss, step)?;
+            (model, loss_value, grad_norm, state)
+        };
         self.model = model;
         self.carried = Some(state.detach());
         self.progress.step += 1;
@@ -334,6 +351,20 @@ pub fn model_config(config: &RunConfig, vocab_size: usize) -> CharLmConfig {
         .with_num_layers(config.model.num_layers)
         .with_d_embed(config.model.d_embed)
         .with_dropout(config.model.dropout)
+}
+
+/// `model` with every parameter drawn now, in declaration order. Burn draws a parameter's
+/// initial values when it is first read, so without this the order in which the fused and the
+/// plain path read them would give one seed two different models.
+fn drawn<M: Module>(model: M) -> M {
+    struct Draw;
+    impl ModuleVisitor for Draw {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    model.visit(&mut Draw);
+    model
 }
 
 /// The optimizer a run's config names.

@@ -1,0 +1,580 @@
+//! Whole-chunk LSTM kernels on host memory: the forward pass and backpropagation through time of
+//! a stack of LSTM layers over a chunk of steps, on plain `f32` buffers.
+//!
+//! This is the fast path of training on a CPU. The plain path builds Burn's autodiff graph out of
+//! a dozen small tensor operations per layer and step; here one matrix product projects the
+//! inputs of the whole chunk, one per step advances the recurrence, the gate arithmetic of a step
+//! is one loop, and the weight gradients of the chunk are three matrix products after the loop.
+//! A caller may split the batch into shards and run them on threads of their own: the streams of
+//! a batch are independent until their gradients are summed. The results equal the plain path's
+//! (tests at the bottom, and in `ember-train` for whole training steps).
+//!
+//! Layouts: sequences are time-major and row-major, `[seq_len, batch_size, width]`; weights are
+//! the layer's own (`[d_input, 4 * d_hidden]` and `[d_hidden, 4 * d_hidden]`, gates `i, f, g, o`).
+
+/// The weights of one LSTM layer, as [`RecurrentLayer`](crate::RecurrentLayer) stores them.
+#[derive(Debug, Clone)]
+pub struct LstmWeights {
+    /// `[d_input, 4 * d_hidden]`.
+    pub weight_ih: Vec<f32>,
+    /// `[d_hidden, 4 * d_hidden]`.
+    pub weight_hh: Vec<f32>,
+    /// `bias_ih + bias_hh`, `[4 * d_hidden]`: the two biases are always added together.
+    pub bias: Vec<f32>,
+    /// The input width.
+    pub d_input: usize,
+    /// The hidden width.
+    pub d_hidden: usize,
+}
+
+/// The gradients of one layer's weights over a chunk. The two biases of a layer share one
+/// gradient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LstmGradients {
+    /// `[d_input, 4 * d_hidden]`.
+    pub weight_ih: Vec<f32>,
+    /// `[d_hidden, 4 * d_hidden]`.
+    pub weight_hh: Vec<f32>,
+    /// `[4 * d_hidden]`.
+    pub bias: Vec<f32>,
+}
+
+impl LstmGradients {
+    /// Adds `other` (another shard's gradients of the same layer) into these.
+    pub fn add(&mut self, other: &LstmGradients) {
+        for (sum, part) in [
+            (&mut self.weight_ih, &other.weight_ih),
+            (&mut self.weight_hh, &other.weight_hh),
+            (&mut self.bias, &other.bias),
+        ] {
+            sum.iter_mut().zip(part).for_each(|(s, p)| *s += p);
+        }
+    }
+}
+
+/// A layer's hidden and cell vectors, `[batch_size, d_hidden]` each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostState {
+    /// The hidden vector.
+    pub hidden: Vec<f32>,
+    /// The cell vector.
+    pub cell: Vec<f32>,
+}
+
+/// What a layer's forward pass keeps for its backward pass.
+#[derive(Debug)]
+struct LayerTape {
+    d_hidden: usize,
+    /// The layer's input, `[seq_len * batch, d_input]`.
+    input: Vec<f32>,
+    /// The gate activations `i, f, g, o` after their nonlinearities, `[seq_len * batch, 4H]`.
+    gates: Vec<f32>,
+    /// `c_{t-1}` of every step, then the final cell: `[(seq_len + 1) * batch, H]`.
+    cells: Vec<f32>,
+    /// `tanh(c_t)`, `[seq_len * batch, H]`.
+    tanh_cells: Vec<f32>,
+    /// `h_{t-1}` of every step, then the final hidden vector: `[(seq_len + 1) * batch, H]`.
+    hiddens: Vec<f32>,
+}
+
+/// A shard's forward pass through every layer, kept for its backward pass.
+#[derive(Debug)]
+pub struct StackTape {
+    layers: Vec<LayerTape>,
+    seq_len: usize,
+    batch_size: usize,
+}
+
+impl StackTape {
+    /// The top layer's output at every step, `[seq_len * batch, d_hidden]`.
+    pub fn output(&self) -> &[f32] {
+        let top = self.layers.last().expect("a stack has a layer");
+        &top.hiddens[self.batch_size * top.d_hidden..]
+    }
+
+    /// Every layer's state after the last step, bottom first.
+    pub fn final_states(&self) -> Vec<HostState> {
+        self.layers
+            .iter()
+            .map(|tape| {
+                let width = self.batch_size * tape.d_hidden;
+                let last = self.seq_len * width..(self.seq_len + 1) * width;
+                HostState {
+                    hidden: tape.hiddens[last.clone()].to_vec(),
+                    cell: tape.cells[last].to_vec(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// `c = a b + beta c` for row-major `a: [m, k]`, `b: [k, n]` and `c: [m, n]`, where `a` and `b`
+/// may be read transposed through their strides (`(row stride, column stride)`).
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    (m, k, n): (usize, usize, usize),
+    a: &[f32],
+    a_strides: (usize, usize),
+    b: &[f32],
+    b_strides: (usize, usize),
+    beta: f32,
+    c: &mut [f32],
+) {
+    let last = |(rows, cols): (usize, usize), (rs, cs): (usize, usize)| {
+        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
+    };
+    assert!(m * k == 0 || last((m, k), a_strides) < a.len());
+    assert!(k * n == 0 || last((k, n), b_strides) < b.len());
+    assert!(c.len() >= m * n);
+    if m * n == 0 {
+        return;
+    }
+    // SAFETY: the asserts above keep every element the strides reach inside its slice.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            beta != 0.0,
+            a.as_ptr(),
+            a_strides.1 as isize,
+            a_strides.0 as isize,
+            b.as_ptr(),
+            b_strides.1 as isize,
+            b_strides.0 as isize,
+            beta,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// `e^x` to within 2 ulp for the `x` an activation sees, without branches or calls, so that
+/// loops over it vectorize (libm's `expf` is a call per element, and was a fifth of the time).
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    const LN_2_HI: f32 = 0.693_145_75;
+    const LN_2_LO: f32 = 1.428_606_8e-6;
+    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer in any float unit.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2_E + ROUND) - ROUND;
+    let r = x - n * LN_2_HI - n * LN_2_LO;
+    // Taylor series of e^r to r^6: below 2e-7 relative error for |r| <= ln(2) / 2.
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+#[inline(always)]
+fn tanh(x: f32) -> f32 {
+    2.0 * sigmoid(2.0 * x) - 1.0
+}
+
+/// One layer's forward pass over the chunk `input` (`[seq_len * batch, d_input]`) from `state`.
+fn layer_forward(
+    weights: &LstmWeights,
+    input: Vec<f32>,
+    state: &HostState,
+    seq_len: usize,
+    batch: usize,
+) -> LayerTape {
+    let (d_in, h) = (weights.d_input, weights.d_hidden);
+    let g = 4 * h;
+    let rows = seq_len * batch;
+    let mut gates: Vec<f32> = weights
+        .bias
+        .iter()
+        .copied()
+        .cycle()
+        .take(rows * g)
+        .collect();
+    matmul(
+        (rows, d_in, g),
+        &input,
+        (d_in, 1),
+        &weights.weight_ih,
+        (g, 1),
+        1.0,
+        &mut gates,
+    );
+    let width = batch * h;
+    let mut cells = vec![0.0; (seq_len + 1) * width];
+    let mut hiddens = vec![0.0; (seq_len + 1) * width];
+    let mut tanh_cells = vec![0.0; seq_len * width];
+    cells[..width].copy_from_slice(&state.cell);
+    hiddens[..width].copy_from_slice(&state.hidden);
+    for t in 0..seq_len {
+        let step_gates = &mut gates[t * batch * g..(t + 1) * batch * g];
+        let (done, next) = hiddens.split_at_mut((t + 1) * width);
+        matmul(
+            (batch, h, g),
+            &done[t * width..],
+            (h, 1),
+            &weights.weight_hh,
+            (g, 1),
+            1.0,
+            step_gates,
+        );
+        let (previous_cells, next_cells) = cells.split_at_mut((t + 1) * width);
+        let previous_cells = &previous_cells[t * width..];
+        let tanh_step = &mut tanh_cells[t * width..(t + 1) * width];
+        for row in 0..batch {
+            let gate_row = &mut step_gates[row * g..(row + 1) * g];
+            let (sigmoid_if, rest) = gate_row.split_at_mut(2 * h);
+            let (candidate, out) = rest.split_at_mut(h);
+            for v in sigmoid_if.iter_mut().chain(out.iter_mut()) {
+                *v = sigmoid(*v);
+            }
+            for v in candidate.iter_mut() {
+                *v = tanh(*v);
+            }
+            let (i, f) = sigmoid_if.split_at(h);
+            let span = row * h..(row + 1) * h;
+            let cells_row = &mut next_cells[span.clone()];
+            let tanh_row = &mut tanh_step[span.clone()];
+            let hidden_row = &mut next[span.clone()];
+            let previous_row = &previous_cells[span];
+            for j in 0..h {
+                let cell = f[j] * previous_row[j] + i[j] * candidate[j];
+                let tanh_cell = tanh(cell);
+                cells_row[j] = cell;
+                tanh_row[j] = tanh_cell;
+                hidden_row[j] = out[j] * tanh_cell;
+            }
+        }
+    }
+    LayerTape {
+        d_hidden: h,
+        input,
+        gates,
+        cells,
+        tanh_cells,
+        hiddens,
+    }
+}
+
+/// One layer's backward pass: from the gradient of its outputs (`[seq_len * batch, H]`) to its
+/// weight gradients and the gradient of its input. The state after the chunk gets no gradient
+/// (truncated backpropagation cuts there).
+fn layer_backward(
+    weights: &LstmWeights,
+    tape: &LayerTape,
+    d_output: &[f32],
+    seq_len: usize,
+    batch: usize,
+) -> (LstmGradients, Vec<f32>) {
+    let (d_in, h) = (weights.d_input, weights.d_hidden);
+    let g = 4 * h;
+    let width = batch * h;
+    let rows = seq_len * batch;
+    let mut d_gates = vec![0.0; rows * g];
+    let mut d_hidden = vec![0.0; width];
+    let mut d_cell = vec![0.0; width];
+    for t in (0..seq_len).rev() {
+        let gates = &tape.gates[t * batch * g..(t + 1) * batch * g];
+        let step_d_gates = &mut d_gates[t * batch * g..(t + 1) * batch * g];
+        let previous_cells = &tape.cells[t * width..(t + 1) * width];
+        let tanh_cells = &tape.tanh_cells[t * width..(t + 1) * width];
+        let d_out = &d_output[t * width..(t + 1) * width];
+        for row in 0..batch {
+            let gate_row = &gates[row * g..(row + 1) * g];
+            let d_row = &mut step_d_gates[row * g..(row + 1) * g];
+            for j in 0..h {
+                let index = row * h + j;
+                let (i, f, c_hat, o) = (
+                    gate_row[j],
+                    gate_row[h + j],
+                    gate_row[2 * h + j],
+                    gate_row[3 * h + j],
+                );
+                let tanh_cell = tanh_cells[index];
+                let dh = d_hidden[index] + d_out[index];
+                let d_o = dh * tanh_cell;
+                let dc = d_cell[index] + dh * o * (1.0 - tanh_cell * tanh_cell);
+                d_row[j] = dc * c_hat * i * (1.0 - i);
+                d_row[h + j] = dc * previous_cells[index] * f * (1.0 - f);
+                d_row[2 * h + j] = dc * i * (1.0 - c_hat * c_hat);
+                d_row[3 * h + j] = d_o * o * (1.0 - o);
+                d_cell[index] = dc * f;
+            }
+        }
+        // dL/dh_{t-1} = dL/dgates_t W_hh^T.
+        matmul(
+            (batch, g, h),
+            step_d_gates,
+            (g, 1),
+            &weights.weight_hh,
+            (1, g),
+            0.0,
+            &mut d_hidden,
+        );
+    }
+    let mut gradients = LstmGradients {
+        weight_ih: vec![0.0; d_in * g],
+        weight_hh: vec![0.0; h * g],
+        bias: vec![0.0; g],
+    };
+    // W_ih' = X^T dG, W_hh' = H_prev^T dG over every step at once.
+    matmul(
+        (d_in, rows, g),
+        &tape.input,
+        (1, d_in),
+        &d_gates,
+        (g, 1),
+        0.0,
+        &mut gradients.weight_ih,
+    );
+    matmul(
+        (h, rows, g),
+        &tape.hiddens[..rows * h],
+        (1, h),
+        &d_gates,
+        (g, 1),
+        0.0,
+        &mut gradients.weight_hh,
+    );
+    for row in d_gates.chunks_exact(g) {
+        gradients
+            .bias
+            .iter_mut()
+            .zip(row)
+            .for_each(|(sum, d)| *sum += d);
+    }
+    let mut d_input = vec![0.0; rows * d_in];
+    matmul(
+        (rows, g, d_in),
+        &d_gates,
+        (g, 1),
+        &weights.weight_ih,
+        (1, g),
+        0.0,
+        &mut d_input,
+    );
+    (gradients, d_input)
+}
+
+/// The forward pass of a stack of layers over the chunk `input` (`[seq_len * batch, d_input]`
+/// of the bottom layer) from `states` (one per layer, bottom first).
+pub fn stack_forward(
+    layers: &[LstmWeights],
+    input: Vec<f32>,
+    states: &[HostState],
+    seq_len: usize,
+    batch: usize,
+) -> StackTape {
+    assert_eq!(layers.len(), states.len(), "one state per layer");
+    let mut tapes: Vec<LayerTape> = Vec::with_capacity(layers.len());
+    let mut below = input;
+    for (weights, state) in layers.iter().zip(states) {
+        let tape = layer_forward(weights, below, state, seq_len, batch);
+        below = tape.hiddens[batch * weights.d_hidden..].to_vec();
+        tapes.push(tape);
+    }
+    StackTape {
+        layers: tapes,
+        seq_len,
+        batch_size: batch,
+    }
+}
+
+/// The backward pass of [`stack_forward`]: from the gradient of the top layer's outputs to every
+/// layer's weight gradients (bottom first) and the gradient of the bottom layer's input.
+pub fn stack_backward(
+    layers: &[LstmWeights],
+    tape: &StackTape,
+    d_output: Vec<f32>,
+) -> (Vec<LstmGradients>, Vec<f32>) {
+    let mut gradients = Vec::with_capacity(layers.len());
+    let mut d_above = d_output;
+    for (weights, layer_tape) in layers.iter().zip(&tape.layers).rev() {
+        let (layer_gradients, d_input) =
+            layer_backward(weights, layer_tape, &d_above, tape.seq_len, tape.batch_size);
+        gradients.push(layer_gradients);
+        d_above = d_input;
+    }
+    gradients.reverse();
+    (gradients, d_above)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic sequence of values in [-1, 1).
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (x >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    fn layer(d_input: usize, d_hidden: usize, seed: u32) -> LstmWeights {
+        let g = 4 * d_hidden;
+        LstmWeights {
+            weight_ih: values(d_input * g, seed),
+            weight_hh: values(d_hidden * g, seed + 1),
+            bias: values(g, seed + 2),
+            d_input,
+            d_hidden,
+        }
+    }
+
+    /// `sum(output * probe)`: a loss whose gradient with respect to the output is `probe`.
+    fn probed_loss(
+        layers: &[LstmWeights],
+        input: &[f32],
+        states: &[HostState],
+        t: usize,
+        b: usize,
+    ) -> f64 {
+        let tape = stack_forward(layers, input.to_vec(), states, t, b);
+        let probe = values(tape.output().len(), 99);
+        tape.output()
+            .iter()
+            .zip(&probe)
+            .map(|(o, p)| (*o as f64) * (*p as f64))
+            .sum()
+    }
+
+    #[test]
+    fn gradients_match_central_differences() {
+        let (t, b, d_in, h) = (4, 3, 5, 3);
+        let layers = vec![layer(d_in, h, 1), layer(h, h, 7)];
+        let states: Vec<HostState> = (0..2)
+            .map(|k| HostState {
+                hidden: values(b * h, 20 + k),
+                cell: values(b * h, 30 + k),
+            })
+            .collect();
+        let input = values(t * b * d_in, 40);
+        let tape = stack_forward(&layers, input.clone(), &states, t, b);
+        let probe = values(tape.output().len(), 99);
+        let (gradients, d_input) = stack_backward(&layers, &tape, probe);
+
+        let eps = 1e-2f32;
+        let check = |analytic: f32, numeric: f64, what: &str| {
+            assert!(
+                (analytic as f64 - numeric).abs() < 2e-3 * (1.0 + numeric.abs()),
+                "{what}: analytic {analytic}, numeric {numeric}"
+            );
+        };
+        for k in 0..layers.len() {
+            for which in 0..3 {
+                let len = match which {
+                    0 => layers[k].weight_ih.len(),
+                    1 => layers[k].weight_hh.len(),
+                    _ => layers[k].bias.len(),
+                };
+                for index in (0..len).step_by(5) {
+                    let shifted = |delta: f32| {
+                        let mut changed = layers.clone();
+                        let slot = match which {
+                            0 => &mut changed[k].weight_ih[index],
+                            1 => &mut changed[k].weight_hh[index],
+                            _ => &mut changed[k].bias[index],
+                        };
+                        *slot += delta;
+                        probed_loss(&changed, &input, &states, t, b)
+                    };
+                    let numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps as f64);
+                    let analytic = match which {
+                        0 => gradients[k].weight_ih[index],
+                        1 => gradients[k].weight_hh[index],
+                        _ => gradients[k].bias[index],
+                    };
+                    check(
+                        analytic,
+                        numeric,
+                        &format!("layer {k} tensor {which} [{index}]"),
+                    );
+                }
+            }
+        }
+        for index in 0..input.len() {
+            let shifted = |delta: f32| {
+                let mut changed = input.clone();
+                changed[index] += delta;
+                probed_loss(&layers, &changed, &states, t, b)
+            };
+            let numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps as f64);
+            check(d_input[index], numeric, &format!("input [{index}]"));
+        }
+    }
+
+    #[test]
+    fn shards_of_a_batch_add_up_to_the_whole_batch() {
+        let (t, b, d_in, h) = (5, 4, 3, 4);
+        let layers = vec![layer(d_in, h, 3)];
+        let state = HostState {
+            hidden: values(b * h, 5),
+            cell: values(b * h, 6),
+        };
+        let input = values(t * b * d_in, 8);
+        let d_output = values(t * b * h, 9);
+        let whole = stack_forward(&layers, input.clone(), std::slice::from_ref(&state), t, b);
+        let (whole_gradients, whole_d_input) = stack_backward(&layers, &whole, d_output.clone());
+
+        // Rows 0..1 and 1..4 of every step, run apart.
+        let rows = |data: &[f32], width: usize, range: std::ops::Range<usize>| -> Vec<f32> {
+            (0..t)
+                .flat_map(|step| {
+                    data[(step * b + range.start) * width..(step * b + range.end) * width].to_vec()
+                })
+                .collect()
+        };
+        let mut summed: Option<LstmGradients> = None;
+        for range in [0..1, 1..4] {
+            let n = range.len();
+            let shard_state = HostState {
+                hidden: state.hidden[range.start * h..range.end * h].to_vec(),
+                cell: state.cell[range.start * h..range.end * h].to_vec(),
+            };
+            let tape = stack_forward(
+                &layers,
+                rows(&input, d_in, range.clone()),
+                &[shard_state],
+                t,
+                n,
+            );
+            assert_eq!(
+                tape.output(),
+                rows(whole.output(), h, range.clone()).as_slice()
+            );
+            let (gradients, d_input) =
+                stack_backward(&layers, &tape, rows(&d_output, h, range.clone()));
+            let expected = rows(&whole_d_input, d_in, range.clone());
+            for (a, e) in d_input.iter().zip(&expected) {
+                assert!((a - e).abs() < 1e-6);
+            }
+            match &mut summed {
+                Some(sum) => sum.add(&gradients[0]),
+                None => summed = Some(gradients[0].clone()),
+            }
+        }
+        let summed = summed.unwrap();
+        for (a, e) in summed.weight_hh.iter().zip(&whole_gradients[0].weight_hh) {
+            assert!((a - e).abs() < 1e-5, "{a} vs {e}");
+        }
+        for (a, e) in summed.bias.iter().zip(&whole_gradients[0].bias) {
+            assert!((a - e).abs() < 1e-5, "{a} vs {e}");
+        }
+    }
+}
