@@ -69,7 +69,7 @@ struct TrainArgs {
     /// Override a config value, `section.key=value` (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     overrides: Vec<String>,
-    /// Where the new run's checkpoints, config and metrics go (default: runs/<config name>).
+    /// Where the new run's checkpoints, config and metrics go (default: `runs/<config name>`).
     #[arg(long)]
     run_dir: Option<PathBuf>,
 }

@@ -131,26 +131,21 @@ fn matmul(
     }
     // SAFETY: the asserts above keep every element the strides reach inside its slice.
     unsafe {
-        gemm::gemm(
+        matrixmultiply::sgemm(
             m,
-            n,
             k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            beta != 0.0,
-            a.as_ptr(),
-            a_strides.1 as isize,
-            a_strides.0 as isize,
-            b.as_ptr(),
-            b_strides.1 as isize,
-            b_strides.0 as isize,
-            beta,
+            n,
             1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
+            a.as_ptr(),
+            a_strides.0 as isize,
+            a_strides.1 as isize,
+            b.as_ptr(),
+            b_strides.0 as isize,
+            b_strides.1 as isize,
+            beta,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
         );
     }
 }
@@ -187,6 +182,34 @@ fn tanh(x: f32) -> f32 {
 
 /// One layer's forward pass over the chunk `input` (`[seq_len * batch, d_input]`) from `state`.
 fn layer_forward(
+    weights: &LstmWeights,
+    input: Vec<f32>,
+    state: &HostState,
+    seq_len: usize,
+    batch: usize,
+) -> LayerTape {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, the one feature the function is compiled for.
+        return unsafe { layer_forward_avx2(weights, input, state, seq_len, batch) };
+    }
+    layer_forward_portable(weights, input, state, seq_len, batch)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn layer_forward_avx2(
+    weights: &LstmWeights,
+    input: Vec<f32>,
+    state: &HostState,
+    seq_len: usize,
+    batch: usize,
+) -> LayerTape {
+    layer_forward_portable(weights, input, state, seq_len, batch)
+}
+
+#[inline(always)]
+fn layer_forward_portable(
     weights: &LstmWeights,
     input: Vec<f32>,
     state: &HostState,
@@ -272,6 +295,34 @@ fn layer_forward(
 /// weight gradients and the gradient of its input. The state after the chunk gets no gradient
 /// (truncated backpropagation cuts there).
 fn layer_backward(
+    weights: &LstmWeights,
+    tape: &LayerTape,
+    d_output: &[f32],
+    seq_len: usize,
+    batch: usize,
+) -> (LstmGradients, Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, the one feature the function is compiled for.
+        return unsafe { layer_backward_avx2(weights, tape, d_output, seq_len, batch) };
+    }
+    layer_backward_portable(weights, tape, d_output, seq_len, batch)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn layer_backward_avx2(
+    weights: &LstmWeights,
+    tape: &LayerTape,
+    d_output: &[f32],
+    seq_len: usize,
+    batch: usize,
+) -> (LstmGradients, Vec<f32>) {
+    layer_backward_portable(weights, tape, d_output, seq_len, batch)
+}
+
+#[inline(always)]
+fn layer_backward_portable(
     weights: &LstmWeights,
     tape: &LayerTape,
     d_output: &[f32],
@@ -409,6 +460,104 @@ pub fn stack_backward(
     }
     gradients.reverse();
     (gradients, d_above)
+}
+
+/// `out += x w` for a row vector `x` and a row-major `w: [x.len(), out.len()]`: one pass over
+/// `w`, row by row, that vectorizes.
+#[inline(always)]
+fn add_vector_matrix_portable(out: &mut [f32], x: &[f32], w: &[f32]) {
+    let n = out.len();
+    for (k, &a) in x.iter().enumerate() {
+        if a != 0.0 {
+            for (o, &weight) in out.iter_mut().zip(&w[k * n..(k + 1) * n]) {
+                *o += a * weight;
+            }
+        }
+    }
+}
+
+/// One stream of an LSTM character model stepped on the host: the fast path of sampling, where
+/// a batch of one makes every tensor operation tiny and Burn's per-operation cost dominates.
+#[derive(Debug, Clone)]
+pub struct LstmStepper {
+    /// `[vocab_size, d_embed]`, or `None` for one-hot inputs.
+    embedding: Option<Vec<f32>>,
+    layers: Vec<LstmWeights>,
+    /// `[d_hidden, vocab_size]`.
+    head_weight: Vec<f32>,
+    head_bias: Vec<f32>,
+    states: Vec<HostState>,
+}
+
+impl LstmStepper {
+    /// A stepper from the model's weights (`embedding` `[vocab_size, d_embed]` or `None`; the
+    /// head `[d_hidden, vocab_size]` and its bias) and each layer's state for one stream.
+    pub fn new(
+        embedding: Option<Vec<f32>>,
+        layers: Vec<LstmWeights>,
+        head_weight: Vec<f32>,
+        head_bias: Vec<f32>,
+        states: Vec<HostState>,
+    ) -> Self {
+        assert_eq!(layers.len(), states.len(), "one state per layer");
+        LstmStepper {
+            embedding,
+            layers,
+            head_weight,
+            head_bias,
+            states,
+        }
+    }
+
+    /// Reads character `id` and returns the logits of the next one.
+    pub fn step(&mut self, id: usize) -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, the one feature the function is compiled for.
+            return unsafe { self.step_avx2(id) };
+        }
+        self.step_portable(id)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn step_avx2(&mut self, id: usize) -> Vec<f32> {
+        self.step_portable(id)
+    }
+
+    #[inline(always)]
+    fn step_portable(&mut self, id: usize) -> Vec<f32> {
+        let mut below: Vec<f32> = match &self.embedding {
+            Some(table) => {
+                let d_embed = self.layers[0].d_input;
+                table[id * d_embed..(id + 1) * d_embed].to_vec()
+            }
+            None => {
+                let mut one_hot = vec![0.0; self.layers[0].d_input];
+                one_hot[id] = 1.0;
+                one_hot
+            }
+        };
+        for (weights, state) in self.layers.iter().zip(&mut self.states) {
+            let h = weights.d_hidden;
+            let mut gates = weights.bias.clone();
+            add_vector_matrix_portable(&mut gates, &below, &weights.weight_ih);
+            add_vector_matrix_portable(&mut gates, &state.hidden, &weights.weight_hh);
+            for j in 0..h {
+                let i = sigmoid(gates[j]);
+                let f = sigmoid(gates[h + j]);
+                let candidate = tanh(gates[2 * h + j]);
+                let o = sigmoid(gates[3 * h + j]);
+                let cell = f * state.cell[j] + i * candidate;
+                state.cell[j] = cell;
+                state.hidden[j] = o * tanh(cell);
+            }
+            below.clone_from(&state.hidden);
+        }
+        let mut logits = self.head_bias.clone();
+        add_vector_matrix_portable(&mut logits, &below, &self.head_weight);
+        logits
+    }
 }
 
 #[cfg(test)]

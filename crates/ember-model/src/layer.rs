@@ -6,6 +6,7 @@ use burn::nn::Initializer;
 use burn::tensor::activation::{sigmoid, tanh};
 use burn::tensor::{Device, Int, Tensor};
 
+use crate::fused::LstmWeights;
 use crate::{CellKind, LayerState};
 
 /// Configuration to create a [`RecurrentLayer`] with [`RecurrentLayerConfig::init`].
@@ -73,6 +74,23 @@ impl RecurrentLayer {
         self.weight_hh.dims()[0]
     }
 
+    /// The weights as host buffers for the fused kernels ([`crate::fused`]), the two biases
+    /// summed; `None` unless the layer is an LSTM.
+    pub fn lstm_weights(&self) -> Option<LstmWeights> {
+        if self.cell != CellKind::Lstm {
+            return None;
+        }
+        let bias_ih = host(self.bias_ih.val());
+        let bias_hh = host(self.bias_hh.val());
+        Some(LstmWeights {
+            weight_ih: host(self.weight_ih.val()),
+            weight_hh: host(self.weight_hh.val()),
+            bias: bias_ih.iter().zip(&bias_hh).map(|(a, b)| a + b).collect(),
+            d_input: self.d_input(),
+            d_hidden: self.d_hidden(),
+        })
+    }
+
     /// The input projection `x W_ih + b_ih` of every gate.
     ///
     /// # Shapes
@@ -135,6 +153,14 @@ impl RecurrentLayer {
     pub fn step(&self, input: Tensor<2>, state: LayerState) -> LayerState {
         self.step_projected(self.project_input(input), state)
     }
+}
+
+/// A float tensor's values, row-major, as `f32`.
+pub(crate) fn host<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .expect("float values convert to f32")
 }
 
 /// Splits fused gates `[batch, N * d_hidden]` into their `N` blocks.

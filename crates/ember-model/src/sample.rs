@@ -5,6 +5,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::fused::{HostState, LstmStepper};
+use crate::layer::host;
 use crate::{CharLm, RecurrentState};
 
 /// How the next character is chosen from the model's distribution.
@@ -63,6 +65,8 @@ pub struct Sampler<'a> {
     rng: ChaCha8Rng,
     config: SampleConfig,
     device: Device,
+    /// The host stepper that replaces Burn for LSTM models after the prime.
+    host: Option<LstmStepper>,
 }
 
 impl CharLm {
@@ -99,12 +103,40 @@ impl CharLm {
         let last = logits.slice([0..1, prime.len() - 1..prime.len()]);
         Ok(Sampler {
             model: self,
+            host: self.lstm_stepper(&state),
             state,
             logits: to_vec(last.reshape([vocab_size])),
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             config,
             device: device.clone(),
         })
+    }
+}
+
+impl CharLm {
+    /// The host stepper of an LSTM model, from a one-stream `state`; `None` for other cells.
+    fn lstm_stepper(&self, state: &RecurrentState) -> Option<LstmStepper> {
+        let layers: Option<Vec<_>> = self.rnn.layers.iter().map(|l| l.lstm_weights()).collect();
+        let states = state
+            .layers
+            .iter()
+            .map(|layer| {
+                Some(HostState {
+                    hidden: host(layer.hidden.clone()),
+                    cell: host(layer.cell.clone()?),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(LstmStepper::new(
+            self.embedding.as_ref().map(|e| host(e.weight.val())),
+            layers?,
+            host(self.head.weight.val()),
+            self.head
+                .bias
+                .as_ref()
+                .map_or_else(|| vec![0.0; self.vocab_size()], |b| host(b.val())),
+            states,
+        ))
     }
 }
 
@@ -154,6 +186,10 @@ impl Iterator for Sampler<'_> {
 
     fn next(&mut self) -> Option<usize> {
         let id = self.choose();
+        if let Some(host) = &mut self.host {
+            self.logits = host.step(id);
+            return Some(id);
+        }
         let input =
             Tensor::<1, Int>::from_data(TensorData::new(vec![id as i64], [1]), &self.device);
         let state = self.state.clone();
@@ -165,10 +201,7 @@ impl Iterator for Sampler<'_> {
 }
 
 fn to_vec(logits: Tensor<1>) -> Vec<f32> {
-    logits
-        .into_data()
-        .try_into_vec_as::<f32>()
-        .expect("float logits convert to f32")
+    host(logits)
 }
 
 fn argmax(values: &[f32]) -> usize {
@@ -177,4 +210,48 @@ fn argmax(values: &[f32]) -> usize {
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
         .map_or(0, |(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CellKind, CharLmConfig};
+
+    /// The host stepper gives Burn's logits, step after step, with and without an embedding.
+    #[test]
+    fn the_host_stepper_follows_the_model() {
+        let device = Device::flex();
+        for d_embed in [0, 8] {
+            let model = CharLmConfig::new(13, CellKind::Lstm, 16)
+                .with_num_layers(2)
+                .with_d_embed(d_embed)
+                .init(&device);
+            let sampler = model
+                .sampler(&[3, 1, 4], SampleConfig::new(), &device)
+                .unwrap();
+            let mut host = sampler.host.clone().expect("an LSTM samples on the host");
+            let mut state = sampler.state.clone();
+            for t in 0..40 {
+                let id = (t * 5 + 2) % 13;
+                let input =
+                    Tensor::<1, Int>::from_data(TensorData::new(vec![id as i64], [1]), &device);
+                let (logits, next) = model.step(input, state);
+                state = next;
+                let expected = to_vec(logits.reshape([13]));
+                for (a, e) in host.step(id).iter().zip(&expected) {
+                    assert!(
+                        (a - e).abs() < 1e-5,
+                        "d_embed {d_embed}, step {t}: {a} vs {e}"
+                    );
+                }
+            }
+        }
+        let gru = CharLmConfig::new(5, CellKind::Gru, 4).init(&device);
+        assert!(
+            gru.sampler(&[1], SampleConfig::new(), &device)
+                .unwrap()
+                .host
+                .is_none()
+        );
+    }
 }

@@ -100,15 +100,9 @@ pub fn fused_step(
         .layers
         .iter()
         .map(|layer| {
-            let bias_ih = host(layer.bias_ih.val());
-            let bias_hh = host(layer.bias_hh.val());
-            LstmWeights {
-                weight_ih: host(layer.weight_ih.val()),
-                weight_hh: host(layer.weight_hh.val()),
-                bias: bias_ih.iter().zip(&bias_hh).map(|(a, b)| a + b).collect(),
-                d_input: layer.d_input(),
-                d_hidden: layer.d_hidden(),
-            }
+            layer
+                .lstm_weights()
+                .expect("the fused path trains LSTM layers")
         })
         .collect();
     let d_input = layers[0].d_input;
