@@ -180,34 +180,35 @@ fn tanh(x: f32) -> f32 {
     2.0 * sigmoid(2.0 * x) - 1.0
 }
 
+/// Defines `$name` as `$portable` compiled a second time for AVX2, which it calls where the CPU
+/// has AVX2: the loops of the kernels then vectorize 8 lanes wide instead of 4.
+macro_rules! dispatch_avx2 {
+    ($name:ident, $avx2:ident, $portable:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2, the one feature the function is compiled for.
+                return unsafe { $avx2($($arg),*) };
+            }
+            $portable($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        fn $avx2($($arg: $ty),*) -> $ret {
+            $portable($($arg),*)
+        }
+    };
+}
+
+dispatch_avx2!(
+    layer_forward,
+    layer_forward_avx2,
+    layer_forward_portable,
+    (weights: &LstmWeights, input: Vec<f32>, state: &HostState, seq_len: usize, batch: usize) -> LayerTape
+);
+
 /// One layer's forward pass over the chunk `input` (`[seq_len * batch, d_input]`) from `state`.
-fn layer_forward(
-    weights: &LstmWeights,
-    input: Vec<f32>,
-    state: &HostState,
-    seq_len: usize,
-    batch: usize,
-) -> LayerTape {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, the one feature the function is compiled for.
-        return unsafe { layer_forward_avx2(weights, input, state, seq_len, batch) };
-    }
-    layer_forward_portable(weights, input, state, seq_len, batch)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn layer_forward_avx2(
-    weights: &LstmWeights,
-    input: Vec<f32>,
-    state: &HostState,
-    seq_len: usize,
-    batch: usize,
-) -> LayerTape {
-    layer_forward_portable(weights, input, state, seq_len, batch)
-}
-
 #[inline(always)]
 fn layer_forward_portable(
     weights: &LstmWeights,
@@ -291,36 +292,17 @@ fn layer_forward_portable(
     }
 }
 
+dispatch_avx2!(
+    layer_backward,
+    layer_backward_avx2,
+    layer_backward_portable,
+    (weights: &LstmWeights, tape: &LayerTape, d_output: &[f32], seq_len: usize, batch: usize)
+        -> (LstmGradients, Vec<f32>)
+);
+
 /// One layer's backward pass: from the gradient of its outputs (`[seq_len * batch, H]`) to its
 /// weight gradients and the gradient of its input. The state after the chunk gets no gradient
 /// (truncated backpropagation cuts there).
-fn layer_backward(
-    weights: &LstmWeights,
-    tape: &LayerTape,
-    d_output: &[f32],
-    seq_len: usize,
-    batch: usize,
-) -> (LstmGradients, Vec<f32>) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, the one feature the function is compiled for.
-        return unsafe { layer_backward_avx2(weights, tape, d_output, seq_len, batch) };
-    }
-    layer_backward_portable(weights, tape, d_output, seq_len, batch)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn layer_backward_avx2(
-    weights: &LstmWeights,
-    tape: &LayerTape,
-    d_output: &[f32],
-    seq_len: usize,
-    batch: usize,
-) -> (LstmGradients, Vec<f32>) {
-    layer_backward_portable(weights, tape, d_output, seq_len, batch)
-}
-
 #[inline(always)]
 fn layer_backward_portable(
     weights: &LstmWeights,
