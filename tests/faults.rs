@@ -64,20 +64,35 @@ fn is_root() -> bool {
     String::from_utf8_lossy(&output.stdout).trim() == "0"
 }
 
-/// `command` as an unprivileged user: root reads any file whatever its mode.
-fn unprivileged(command: &Command) -> Command {
-    if !is_root() {
-        let mut copy = Command::new(command.get_program());
-        copy.args(command.get_args());
-        copy.current_dir(command.get_current_dir().unwrap());
-        return copy;
+/// `ember train` of the smoke config into `run_dir` with `overrides`, as an unprivileged user
+/// when this is root (root reads any file whatever its mode). The binary and the config are
+/// copied into `scratch` first, since the repository may lie where that user cannot reach.
+fn unprivileged_train(scratch: &Path, run_dir: &Path, overrides: &[&str]) -> Command {
+    let binary = scratch.join("ember");
+    std::fs::copy(env!("CARGO_BIN_EXE_ember"), &binary).unwrap();
+    let config = scratch.join("smoke.toml");
+    std::fs::copy(repo("configs/smoke.toml"), &config).unwrap();
+    for path in [&binary, &config] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let mut wrapped = Command::new("setpriv");
-    wrapped.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
-    wrapped.arg(command.get_program()).args(command.get_args());
-    wrapped.current_dir(command.get_current_dir().unwrap());
-    wrapped.env("RUST_LOG", "warn");
-    wrapped
+    let mut command = if is_root() {
+        let mut wrapped = Command::new("setpriv");
+        wrapped.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        wrapped.arg(&binary);
+        wrapped
+    } else {
+        Command::new(&binary)
+    };
+    command.current_dir(scratch).env("RUST_LOG", "warn");
+    command
+        .args(["train", "--config"])
+        .arg(&config)
+        .arg("--run-dir")
+        .arg(run_dir);
+    for set in overrides {
+        command.args(["--set", set]);
+    }
+    command
 }
 
 #[test]
@@ -164,7 +179,7 @@ fn bad_corpora_and_configs_are_named_and_leave_nothing_behind() {
     }
     new_run_fails(
         "unreadable corpus",
-        &mut unprivileged(&train(&run_dir, &[&data(&unreadable)])),
+        &mut unprivileged_train(root, &run_dir, &[&data(&unreadable)]),
         DATA,
         &["secret.txt", "ermission denied"],
     );
