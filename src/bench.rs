@@ -177,7 +177,6 @@ fn measure(case: &Case, device: &Device, budget: Duration) -> Report {
     let mut model = new_model();
     let fused = ember_train::fused::supports(&model);
     let train = if fused {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut optimizer = AdamConfig::new().init();
         let mut state = model.zero_state(case.batch_size, &train_device);
         chars
@@ -188,7 +187,7 @@ fn measure(case: &Case, device: &Device, budget: Duration) -> Report {
                     targets.clone(),
                     state.clone(),
                     &train_device,
-                    threads,
+                    0,
                 );
                 model = optimizer.step(2e-3, model.clone(), step.gradients);
                 state = step.state.detach();

@@ -462,19 +462,6 @@ fn damaged_or_foreign_checkpoints_are_refused_by_name() {
     );
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// A training process that is killed if the test ends before it does.
 struct Training(Option<Child>);
 
@@ -569,7 +556,7 @@ fn a_second_ctrl_c_quits_at_once_and_damages_nothing() {
     let output = child.wait_with_output();
     assert_eq!(output.status.code(), Some(130), "{:?}", output.status);
     // Whatever the first Ctrl-C began, the newest checkpoint loads and training goes on from it.
-    let last = *CheckpointSteps::of(&run_dir).last().unwrap();
+    let last = *checkpoint_steps(&run_dir).last().unwrap();
     run_ok(&mut resume(
         &run_dir,
         &[&format!("train.steps={}", last + 1)],
@@ -660,7 +647,7 @@ fn a_full_disk_or_read_only_run_directory_stops_cleanly() {
             .filter(|name| name.starts_with('.'))
             .collect();
         assert!(partials.is_empty(), "{fault}: {partials:?}");
-        let last = *CheckpointSteps::of(&run_dir).last().unwrap();
+        let last = *checkpoint_steps(&run_dir).last().unwrap();
         run_ok(&mut resume(
             &run_dir,
             &[&format!("train.steps={}", last + 5)],
@@ -670,24 +657,21 @@ fn a_full_disk_or_read_only_run_directory_stops_cleanly() {
     }
 }
 
-struct CheckpointSteps;
-
-impl CheckpointSteps {
-    fn of(run_dir: &Path) -> Vec<u64> {
-        let mut steps: Vec<u64> = std::fs::read_dir(run_dir.join("checkpoints"))
-            .unwrap()
-            .filter_map(|e| {
-                e.unwrap()
-                    .file_name()
-                    .to_str()?
-                    .strip_prefix("step-")?
-                    .parse()
-                    .ok()
-            })
-            .collect();
-        steps.sort_unstable();
-        steps
-    }
+/// The steps of the complete checkpoints of `run_dir`, oldest first.
+fn checkpoint_steps(run_dir: &Path) -> Vec<u64> {
+    let mut steps: Vec<u64> = std::fs::read_dir(run_dir.join("checkpoints"))
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_prefix("step-")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    steps.sort_unstable();
+    steps
 }
 
 #[test]
@@ -704,7 +688,7 @@ fn divergence_stops_at_the_last_good_checkpoint_or_rolls_back() {
         DIVERGED,
         &["loss became NaN at step 12", "optimizer.lr"],
     );
-    assert_eq!(CheckpointSteps::of(&run_dir), [10]);
+    assert_eq!(checkpoint_steps(&run_dir), [10]);
     assert!(snapshot(&run_dir.join("checkpoints/step-00000010")) == good);
     assert_eq!(losses(&run_dir).last().unwrap().0, 10);
 

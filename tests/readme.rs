@@ -151,14 +151,6 @@ fn run(scratch: &Path, line: &str) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-    }
-}
-
 fn eval_loss(scratch: &Path, device: &str, run: &str) -> f64 {
     let output = Command::new(env!("CARGO_BIN_EXE_ember"))
         .current_dir(scratch)

@@ -12,6 +12,16 @@
 //! Layouts: sequences are time-major and row-major, `[seq_len, batch_size, width]`; weights are
 //! the layer's own (`[d_input, 4 * d_hidden]` and `[d_hidden, 4 * d_hidden]`, gates `i, f, g, o`).
 
+use burn::tensor::Tensor;
+
+/// A float tensor's values, row-major, as `f32` host memory.
+pub fn host_values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .expect("float values convert to f32")
+}
+
 /// The weights of one LSTM layer, as [`RecurrentLayer`](crate::RecurrentLayer) stores them.
 #[derive(Debug, Clone)]
 pub struct LstmWeights {
@@ -296,8 +306,14 @@ dispatch_avx2!(
     layer_backward,
     layer_backward_avx2,
     layer_backward_portable,
-    (weights: &LstmWeights, tape: &LayerTape, d_output: &[f32], seq_len: usize, batch: usize)
-        -> (LstmGradients, Vec<f32>)
+    (
+        weights: &LstmWeights,
+        tape: &LayerTape,
+        d_output: &[f32],
+        seq_len: usize,
+        batch: usize,
+        input_gradient: bool
+    ) -> (LstmGradients, Option<Vec<f32>>)
 );
 
 /// One layer's backward pass: from the gradient of its outputs (`[seq_len * batch, H]`) to its
@@ -310,7 +326,8 @@ fn layer_backward_portable(
     d_output: &[f32],
     seq_len: usize,
     batch: usize,
-) -> (LstmGradients, Vec<f32>) {
+    input_gradient: bool,
+) -> (LstmGradients, Option<Vec<f32>>) {
     let (d_in, h) = (weights.d_input, weights.d_hidden);
     let g = 4 * h;
     let width = batch * h;
@@ -388,6 +405,9 @@ fn layer_backward_portable(
             .zip(row)
             .for_each(|(sum, d)| *sum += d);
     }
+    if !input_gradient {
+        return (gradients, None);
+    }
     let mut d_input = vec![0.0; rows * d_in];
     matmul(
         (rows, g, d_in),
@@ -398,7 +418,7 @@ fn layer_backward_portable(
         0.0,
         &mut d_input,
     );
-    (gradients, d_input)
+    (gradients, Some(d_input))
 }
 
 /// The forward pass of a stack of layers over the chunk `input` (`[seq_len * batch, d_input]`
@@ -426,17 +446,28 @@ pub fn stack_forward(
 }
 
 /// The backward pass of [`stack_forward`]: from the gradient of the top layer's outputs to every
-/// layer's weight gradients (bottom first) and the gradient of the bottom layer's input.
+/// layer's weight gradients (bottom first) and, if `input_gradient`, the gradient of the bottom
+/// layer's input (one-hot inputs have no use for it).
 pub fn stack_backward(
     layers: &[LstmWeights],
     tape: &StackTape,
     d_output: Vec<f32>,
-) -> (Vec<LstmGradients>, Vec<f32>) {
+    input_gradient: bool,
+) -> (Vec<LstmGradients>, Option<Vec<f32>>) {
     let mut gradients = Vec::with_capacity(layers.len());
-    let mut d_above = d_output;
-    for (weights, layer_tape) in layers.iter().zip(&tape.layers).rev() {
-        let (layer_gradients, d_input) =
-            layer_backward(weights, layer_tape, &d_above, tape.seq_len, tape.batch_size);
+    let mut d_above = Some(d_output);
+    for (k, (weights, layer_tape)) in layers.iter().zip(&tape.layers).enumerate().rev() {
+        let d_output = d_above
+            .take()
+            .expect("every layer above the bottom passes a gradient");
+        let (layer_gradients, d_input) = layer_backward(
+            weights,
+            layer_tape,
+            &d_output,
+            tape.seq_len,
+            tape.batch_size,
+            k > 0 || input_gradient,
+        );
         gradients.push(layer_gradients);
         d_above = d_input;
     }
@@ -447,7 +478,7 @@ pub fn stack_backward(
 /// `out += x w` for a row vector `x` and a row-major `w: [x.len(), out.len()]`: one pass over
 /// `w`, row by row, that vectorizes.
 #[inline(always)]
-fn add_vector_matrix_portable(out: &mut [f32], x: &[f32], w: &[f32]) {
+fn add_vector_matrix(out: &mut [f32], x: &[f32], w: &[f32]) {
     let n = out.len();
     for (k, &a) in x.iter().enumerate() {
         if a != 0.0 {
@@ -523,8 +554,8 @@ impl LstmStepper {
         for (weights, state) in self.layers.iter().zip(&mut self.states) {
             let h = weights.d_hidden;
             let mut gates = weights.bias.clone();
-            add_vector_matrix_portable(&mut gates, &below, &weights.weight_ih);
-            add_vector_matrix_portable(&mut gates, &state.hidden, &weights.weight_hh);
+            add_vector_matrix(&mut gates, &below, &weights.weight_ih);
+            add_vector_matrix(&mut gates, &state.hidden, &weights.weight_hh);
             for j in 0..h {
                 let i = sigmoid(gates[j]);
                 let f = sigmoid(gates[h + j]);
@@ -537,7 +568,7 @@ impl LstmStepper {
             below.clone_from(&state.hidden);
         }
         let mut logits = self.head_bias.clone();
-        add_vector_matrix_portable(&mut logits, &below, &self.head_weight);
+        add_vector_matrix(&mut logits, &below, &self.head_weight);
         logits
     }
 }
@@ -598,7 +629,8 @@ mod tests {
         let input = values(t * b * d_in, 40);
         let tape = stack_forward(&layers, input.clone(), &states, t, b);
         let probe = values(tape.output().len(), 99);
-        let (gradients, d_input) = stack_backward(&layers, &tape, probe);
+        let (gradients, d_input) = stack_backward(&layers, &tape, probe, true);
+        let d_input = d_input.unwrap();
 
         let eps = 1e-2f32;
         let check = |analytic: f32, numeric: f64, what: &str| {
@@ -661,7 +693,9 @@ mod tests {
         let input = values(t * b * d_in, 8);
         let d_output = values(t * b * h, 9);
         let whole = stack_forward(&layers, input.clone(), std::slice::from_ref(&state), t, b);
-        let (whole_gradients, whole_d_input) = stack_backward(&layers, &whole, d_output.clone());
+        let (whole_gradients, whole_d_input) =
+            stack_backward(&layers, &whole, d_output.clone(), true);
+        let whole_d_input = whole_d_input.unwrap();
 
         // Rows 0..1 and 1..4 of every step, run apart.
         let rows = |data: &[f32], width: usize, range: std::ops::Range<usize>| -> Vec<f32> {
@@ -690,7 +724,8 @@ mod tests {
                 rows(whole.output(), h, range.clone()).as_slice()
             );
             let (gradients, d_input) =
-                stack_backward(&layers, &tape, rows(&d_output, h, range.clone()));
+                stack_backward(&layers, &tape, rows(&d_output, h, range.clone()), true);
+            let d_input = d_input.unwrap();
             let expected = rows(&whole_d_input, d_in, range.clone());
             for (a, e) in d_input.iter().zip(&expected) {
                 assert!((a - e).abs() < 1e-6);

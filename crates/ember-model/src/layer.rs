@@ -6,7 +6,7 @@ use burn::nn::Initializer;
 use burn::tensor::activation::{sigmoid, tanh};
 use burn::tensor::{Device, Int, Tensor};
 
-use crate::fused::LstmWeights;
+use crate::fused::{LstmWeights, host_values as host};
 use crate::{CellKind, LayerState};
 
 /// Configuration to create a [`RecurrentLayer`] with [`RecurrentLayerConfig::init`].
@@ -153,14 +153,6 @@ impl RecurrentLayer {
     pub fn step(&self, input: Tensor<2>, state: LayerState) -> LayerState {
         self.step_projected(self.project_input(input), state)
     }
-}
-
-/// A float tensor's values, row-major, as `f32`.
-pub(crate) fn host<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
-    tensor
-        .into_data()
-        .try_into_vec_as::<f32>()
-        .expect("float values convert to f32")
 }
 
 /// Splits fused gates `[batch, N * d_hidden]` into their `N` blocks.

@@ -5,8 +5,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::fused::{HostState, LstmStepper};
-use crate::layer::host;
+use crate::fused::{HostState, LstmStepper, host_values as host};
 use crate::{CharLm, RecurrentState};
 
 /// How the next character is chosen from the model's distribution.

@@ -15,7 +15,9 @@ use rayon::prelude::*;
 use burn::module::Param;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use ember_model::fused::{HostState, LstmGradients, LstmWeights, stack_backward, stack_forward};
+use ember_model::fused::{
+    HostState, LstmGradients, LstmWeights, host_values as host, stack_backward, stack_forward,
+};
 use ember_model::{CellKind, CharLm, LayerState, RecurrentState};
 
 /// Whether `model` can train through the fused kernels: LSTM layers and no dropout between them.
@@ -36,13 +38,6 @@ pub struct FusedStep {
     pub gradients: GradientsParams,
     /// The state after the chunk, on the training device.
     pub state: RecurrentState,
-}
-
-fn host<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
-    tensor
-        .into_data()
-        .try_into_vec::<f32>()
-        .expect("a float tensor reads as f32")
 }
 
 /// Rows `rows` of every step of a time-major `[seq_len, batch, width]` buffer.
@@ -74,8 +69,12 @@ fn scatter(
     }
 }
 
-/// Splits `batch` rows into at most `threads` nearly equal ranges.
+/// Splits `batch` rows into at most `threads` nearly equal ranges (0: one per thread of the pool).
 fn shards(batch: usize, threads: usize) -> Vec<Range<usize>> {
+    let threads = match threads {
+        0 => rayon::current_num_threads(),
+        n => n,
+    };
     let count = threads.clamp(1, batch.max(1));
     (0..count)
         .map(|k| k * batch / count..(k + 1) * batch / count)
@@ -85,7 +84,8 @@ fn shards(batch: usize, threads: usize) -> Vec<Range<usize>> {
 
 /// One chunk through `model` with the host kernels: `ids` and `targets` are `[batch, seq_len]`
 /// on `device` (an autodiff device), `state` the state carried in, and the gradients are placed on
-/// `device`'s inner device, as Burn's own backward pass places them. Uses up to `threads` threads.
+/// `device`'s inner device, as Burn's own backward pass places them. Splits the batch into
+/// `threads` shards (0: one per core).
 pub fn fused_step(
     model: &CharLm,
     ids: Tensor<2, Int>,
@@ -190,20 +190,18 @@ pub fn fused_step(
         .zip(&ranges)
         .map(|(tape, rows)| {
             let d_output = gather(&d_top, seq_len, batch, d_hidden, rows);
-            stack_backward(&layers, tape, d_output)
+            stack_backward(&layers, tape, d_output, embedded.is_some())
         })
         .collect();
     let mut layer_gradients: Option<Vec<LstmGradients>> = None;
-    let mut d_input_all = vec![0.0; seq_len * batch * d_input];
+    // The gradient of the embedded input, which only an embedding has a use for.
+    let mut d_embedded = embedded
+        .as_ref()
+        .map(|_| vec![0.0; seq_len * batch * d_input]);
     for ((shard_gradients, d_input_shard), rows) in shard_results.into_iter().zip(&ranges) {
-        scatter(
-            &mut d_input_all,
-            &d_input_shard,
-            seq_len,
-            batch,
-            d_input,
-            rows,
-        );
+        if let (Some(whole), Some(part)) = (&mut d_embedded, d_input_shard) {
+            scatter(whole, &part, seq_len, batch, d_input, rows);
+        }
         match &mut layer_gradients {
             Some(sum) => sum
                 .iter_mut()
@@ -235,9 +233,11 @@ pub fn fused_step(
             gradients.register(bias.id, values);
         }
     }
-    if let (Some(embedding), Some(embedded)) = (&model.embedding, embedded) {
+    if let (Some(embedding), Some(embedded), Some(d_embedded)) =
+        (&model.embedding, embedded, d_embedded)
+    {
         let d_embedded = Tensor::<3>::from_data(
-            TensorData::new(d_input_all, [seq_len, batch, d_input]),
+            TensorData::new(d_embedded, [seq_len, batch, d_input]),
             device,
         )
         .swap_dims(0, 1);

@@ -224,11 +224,14 @@ impl Trainer {
         };
         let (inputs, targets) = chunk_tensors(&chunk, &train_device);
         let (model, loss_value, grad_norm, state) = if self.config.uses_fused() {
-            let threads = match self.config.train.threads {
-                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                n => n,
-            };
-            let fused = fused_step(&self.model, inputs, targets, state, &train_device, threads);
+            let fused = fused_step(
+                &self.model,
+                inputs,
+                targets,
+                state,
+                &train_device,
+                self.config.train.threads,
+            );
             let (model, grad_norm) = self.optimizer.apply_gradients_checked(
                 self.model.clone(),
                 fused.loss,
