@@ -14,6 +14,10 @@
 
 use burn::tensor::Tensor;
 
+mod gemm;
+mod pool;
+use gemm::matmul;
+
 /// A float tensor's values, row-major, as `f32` host memory.
 pub fn host_values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
     tensor
@@ -87,6 +91,20 @@ struct LayerTape {
     hiddens: Vec<f32>,
 }
 
+impl Drop for LayerTape {
+    fn drop(&mut self) {
+        for buffer in [
+            &mut self.input,
+            &mut self.gates,
+            &mut self.cells,
+            &mut self.tanh_cells,
+            &mut self.hiddens,
+        ] {
+            pool::recycle(std::mem::take(buffer));
+        }
+    }
+}
+
 /// A shard's forward pass through every layer, kept for its backward pass.
 #[derive(Debug)]
 pub struct StackTape {
@@ -118,46 +136,15 @@ impl StackTape {
     }
 }
 
-/// `c = a b + beta c` for row-major `a: [m, k]`, `b: [k, n]` and `c: [m, n]`, where `a` and `b`
-/// may be read transposed through their strides (`(row stride, column stride)`).
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    (m, k, n): (usize, usize, usize),
-    a: &[f32],
-    a_strides: (usize, usize),
-    b: &[f32],
-    b_strides: (usize, usize),
-    beta: f32,
-    c: &mut [f32],
-) {
-    let last = |(rows, cols): (usize, usize), (rs, cs): (usize, usize)| {
-        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
-    };
-    assert!(m * k == 0 || last((m, k), a_strides) < a.len());
-    assert!(k * n == 0 || last((k, n), b_strides) < b.len());
-    assert!(c.len() >= m * n);
-    if m * n == 0 {
-        return;
+/// `data` (`[rows, cols]`, row-major) transposed, in a reused buffer.
+fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = pool::zeros(data.len());
+    for (r, row) in data.chunks_exact(cols).enumerate().take(rows) {
+        for (c, &value) in row.iter().enumerate() {
+            out[c * rows + r] = value;
+        }
     }
-    // SAFETY: the asserts above keep every element the strides reach inside its slice.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            a_strides.0 as isize,
-            a_strides.1 as isize,
-            b.as_ptr(),
-            b_strides.0 as isize,
-            b_strides.1 as isize,
-            beta,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
+    out
 }
 
 /// `e^x` to within 2 ulp for the `x` an activation sees, without branches or calls, so that
@@ -190,16 +177,33 @@ fn tanh(x: f32) -> f32 {
     2.0 * sigmoid(2.0 * x) - 1.0
 }
 
-/// Defines `$name` as `$portable` compiled a second time for AVX2, which it calls where the CPU
-/// has AVX2: the loops of the kernels then vectorize 8 lanes wide instead of 4.
-macro_rules! dispatch_avx2 {
-    ($name:ident, $avx2:ident, $portable:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
-        fn $name($($arg: $ty),*) -> $ret {
+/// Defines `$name` as `$portable` compiled again for AVX-512 and for AVX2, and calls the widest
+/// the CPU has: the loops of the kernels then vectorize 16 or 8 lanes wide instead of 4.
+macro_rules! dispatch_simd {
+    (
+        $(#[$meta:meta])*
+        $vis:vis $name:ident, $avx512:ident, $avx2:ident, $portable:ident,
+        ($($arg:ident: $ty:ty),*) -> $ret:ty
+    ) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2, the one feature the function is compiled for.
-                return unsafe { $avx2($($arg),*) };
+            {
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F, the one feature the function is compiled for.
+                    return unsafe { $avx512($($arg),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2, the one feature the function is compiled for.
+                    return unsafe { $avx2($($arg),*) };
+                }
             }
+            $portable($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        fn $avx512($($arg: $ty),*) -> $ret {
             $portable($($arg),*)
         }
 
@@ -211,8 +215,9 @@ macro_rules! dispatch_avx2 {
     };
 }
 
-dispatch_avx2!(
+dispatch_simd!(
     layer_forward,
+    layer_forward_avx512,
     layer_forward_avx2,
     layer_forward_portable,
     (weights: &LstmWeights, input: Vec<f32>, state: &HostState, seq_len: usize, batch: usize) -> LayerTape
@@ -230,26 +235,23 @@ fn layer_forward_portable(
     let (d_in, h) = (weights.d_input, weights.d_hidden);
     let g = 4 * h;
     let rows = seq_len * batch;
-    let mut gates: Vec<f32> = weights
-        .bias
-        .iter()
-        .copied()
-        .cycle()
-        .take(rows * g)
-        .collect();
+    let mut gates = pool::zeros(rows * g);
+    for row in gates.chunks_exact_mut(g) {
+        row.copy_from_slice(&weights.bias);
+    }
     matmul(
         (rows, d_in, g),
         &input,
         (d_in, 1),
         &weights.weight_ih,
-        (g, 1),
-        1.0,
+        g,
+        true,
         &mut gates,
     );
     let width = batch * h;
-    let mut cells = vec![0.0; (seq_len + 1) * width];
-    let mut hiddens = vec![0.0; (seq_len + 1) * width];
-    let mut tanh_cells = vec![0.0; seq_len * width];
+    let mut cells = pool::zeros((seq_len + 1) * width);
+    let mut hiddens = pool::zeros((seq_len + 1) * width);
+    let mut tanh_cells = pool::zeros(seq_len * width);
     cells[..width].copy_from_slice(&state.cell);
     hiddens[..width].copy_from_slice(&state.hidden);
     for t in 0..seq_len {
@@ -260,8 +262,8 @@ fn layer_forward_portable(
             &done[t * width..],
             (h, 1),
             &weights.weight_hh,
-            (g, 1),
-            1.0,
+            g,
+            true,
             step_gates,
         );
         let (previous_cells, next_cells) = cells.split_at_mut((t + 1) * width);
@@ -302,8 +304,9 @@ fn layer_forward_portable(
     }
 }
 
-dispatch_avx2!(
+dispatch_simd!(
     layer_backward,
+    layer_backward_avx512,
     layer_backward_avx2,
     layer_backward_portable,
     (
@@ -332,9 +335,10 @@ fn layer_backward_portable(
     let g = 4 * h;
     let width = batch * h;
     let rows = seq_len * batch;
-    let mut d_gates = vec![0.0; rows * g];
+    let mut d_gates = pool::zeros(rows * g);
     let mut d_hidden = vec![0.0; width];
     let mut d_cell = vec![0.0; width];
+    let weight_hh_t = transpose(&weights.weight_hh, h, g);
     for t in (0..seq_len).rev() {
         let gates = &tape.gates[t * batch * g..(t + 1) * batch * g];
         let step_d_gates = &mut d_gates[t * batch * g..(t + 1) * batch * g];
@@ -368,9 +372,9 @@ fn layer_backward_portable(
             (batch, g, h),
             step_d_gates,
             (g, 1),
-            &weights.weight_hh,
-            (1, g),
-            0.0,
+            &weight_hh_t,
+            h,
+            false,
             &mut d_hidden,
         );
     }
@@ -385,8 +389,8 @@ fn layer_backward_portable(
         &tape.input,
         (1, d_in),
         &d_gates,
-        (g, 1),
-        0.0,
+        g,
+        false,
         &mut gradients.weight_ih,
     );
     matmul(
@@ -394,8 +398,8 @@ fn layer_backward_portable(
         &tape.hiddens[..rows * h],
         (1, h),
         &d_gates,
-        (g, 1),
-        0.0,
+        g,
+        false,
         &mut gradients.weight_hh,
     );
     for row in d_gates.chunks_exact(g) {
@@ -405,19 +409,24 @@ fn layer_backward_portable(
             .zip(row)
             .for_each(|(sum, d)| *sum += d);
     }
+    pool::recycle(weight_hh_t);
     if !input_gradient {
+        pool::recycle(d_gates);
         return (gradients, None);
     }
-    let mut d_input = vec![0.0; rows * d_in];
+    let mut d_input = pool::zeros(rows * d_in);
+    let weight_ih_t = transpose(&weights.weight_ih, d_in, g);
     matmul(
         (rows, g, d_in),
         &d_gates,
         (g, 1),
-        &weights.weight_ih,
-        (1, g),
-        0.0,
+        &weight_ih_t,
+        d_in,
+        false,
         &mut d_input,
     );
+    pool::recycle(weight_ih_t);
+    pool::recycle(d_gates);
     (gradients, Some(d_input))
 }
 
@@ -435,7 +444,7 @@ pub fn stack_forward(
     let mut below = input;
     for (weights, state) in layers.iter().zip(states) {
         let tape = layer_forward(weights, below, state, seq_len, batch);
-        below = tape.hiddens[batch * weights.d_hidden..].to_vec();
+        below = pool::copied(&tape.hiddens[batch * weights.d_hidden..]);
         tapes.push(tape);
     }
     StackTape {
@@ -468,11 +477,132 @@ pub fn stack_backward(
             tape.batch_size,
             k > 0 || input_gradient,
         );
+        pool::recycle(d_output);
         gradients.push(layer_gradients);
         d_above = d_input;
     }
     gradients.reverse();
     (gradients, d_above)
+}
+
+/// The output layer of a character model, `logits = hidden W + b`, on host memory.
+#[derive(Debug, Clone)]
+pub struct HeadWeights {
+    /// `W`, `[d_hidden, vocab_size]`.
+    pub weight: Vec<f32>,
+    /// `b`, `[vocab_size]`.
+    pub bias: Vec<f32>,
+}
+
+/// The gradients of the head's weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadGradients {
+    /// `[d_hidden, vocab_size]`.
+    pub weight: Vec<f32>,
+    /// `[vocab_size]`.
+    pub bias: Vec<f32>,
+}
+
+/// The head and the loss over a shard's rows.
+#[derive(Debug)]
+pub struct HeadStep {
+    /// The sum of the rows' cross-entropies, in nats.
+    pub loss_sum: f64,
+    /// The gradient with respect to the head's input, `[rows, d_hidden]`.
+    pub d_hidden: Vec<f32>,
+    /// The gradients of the head's weights.
+    pub gradients: HeadGradients,
+}
+
+dispatch_simd!(
+    /// The cross-entropy of the head's logits for `hidden` (`[rows, d_hidden]`) against
+    /// `targets` (one per row, each below the vocabulary size), and its backward pass. Every
+    /// gradient is scaled by `scale`: the reciprocal of the whole batch's row count makes them
+    /// gradients of the batch's mean loss, so that shards add up.
+    pub head_loss,
+    head_loss_avx512,
+    head_loss_avx2,
+    head_loss_portable,
+    (head: &HeadWeights, hidden: &[f32], targets: &[usize], scale: f32) -> HeadStep
+);
+
+#[inline(always)]
+fn head_loss_portable(
+    head: &HeadWeights,
+    hidden: &[f32],
+    targets: &[usize],
+    scale: f32,
+) -> HeadStep {
+    let vocab = head.bias.len();
+    let d_hidden = head.weight.len() / vocab;
+    let rows = targets.len();
+    assert_eq!(hidden.len(), rows * d_hidden, "one target per row");
+    let mut d_logits = pool::zeros(rows * vocab);
+    for row in d_logits.chunks_exact_mut(vocab) {
+        row.copy_from_slice(&head.bias);
+    }
+    matmul(
+        (rows, d_hidden, vocab),
+        hidden,
+        (d_hidden, 1),
+        &head.weight,
+        vocab,
+        true,
+        &mut d_logits,
+    );
+    // Softmax minus the one-hot target, in place of the logits.
+    let mut loss_sum = 0.0f64;
+    for (row, &target) in d_logits.chunks_exact_mut(vocab).zip(targets) {
+        assert!(
+            target < vocab,
+            "target {target} outside a vocabulary of {vocab}"
+        );
+        let target_logit = row[target];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f32;
+        for v in row.iter_mut() {
+            *v = exp(*v - max);
+            sum += *v;
+        }
+        loss_sum += f64::from(max + sum.ln() - target_logit);
+        let to_gradient = scale / sum;
+        for v in row.iter_mut() {
+            *v *= to_gradient;
+        }
+        row[target] -= scale;
+    }
+    let mut weight = vec![0.0; d_hidden * vocab];
+    matmul(
+        (d_hidden, rows, vocab),
+        hidden,
+        (1, d_hidden),
+        &d_logits,
+        vocab,
+        false,
+        &mut weight,
+    );
+    let mut bias = vec![0.0; vocab];
+    for row in d_logits.chunks_exact(vocab) {
+        bias.iter_mut().zip(row).for_each(|(sum, d)| *sum += d);
+    }
+    let weight_t = transpose(&head.weight, d_hidden, vocab);
+    let mut d_hidden_values = pool::zeros(rows * d_hidden);
+    matmul(
+        (rows, vocab, d_hidden),
+        &d_logits,
+        (vocab, 1),
+        &weight_t,
+        d_hidden,
+        false,
+        &mut d_hidden_values,
+    );
+    pool::recycle(weight_t);
+    pool::recycle(d_logits);
+    HeadStep {
+        loss_sum,
+        d_hidden: d_hidden_values,
+        gradients: HeadGradients { weight, bias },
+    }
 }
 
 /// `out += x w` for a row vector `x` and a row-major `w: [x.len(), out.len()]`: one pass over

@@ -1,12 +1,13 @@
-//! The fused training step of an LSTM character model: Burn runs the embedding, the head and the
-//! loss with its autodiff, and the recurrent stack runs through the host kernels of
-//! [`ember_model::fused`], one batch shard per thread.
+//! The fused training step of an LSTM character model: the whole step (embedding, recurrent
+//! stack, head and loss, forward and backward) runs through the host kernels of
+//! [`ember_model::fused`], one batch shard per thread of the pool Burn's CPU backends use.
 //!
-//! The two halves meet at two tensors. The top layer's outputs enter Burn's graph as a leaf that
-//! requires a gradient, so the loss's backward pass yields the head's gradients and the gradient
-//! of those outputs; the kernels turn that into the recurrent weights' gradients and the gradient
-//! of the stack's input; and a second backward pass, of `sum(embedded * that gradient)`, gives the
-//! embedding its gradient. Every parameter ends with exactly the gradient the plain path computes.
+//! The streams of a batch are independent until their gradients are summed, so each shard runs
+//! from its characters to its gradients without waiting for the others; the loss is the batch's
+//! mean, so every shard scales its gradients by the batch's row count and the sums are exact.
+//! Burn's optimizer then applies the gradients, which are registered under the parameters' ids
+//! exactly as Burn's own backward pass would register them; the plain path (Burn's autodiff over
+//! the cells' tensor operations) stays the reference the tests hold this one to.
 
 use std::ops::Range;
 
@@ -16,7 +17,8 @@ use burn::module::Param;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ember_model::fused::{
-    HostState, LstmGradients, LstmWeights, host_values as host, stack_backward, stack_forward,
+    HeadGradients, HeadWeights, HostState, LstmGradients, LstmWeights, head_loss,
+    host_values as host, stack_backward, stack_forward,
 };
 use ember_model::{CellKind, CharLm, LayerState, RecurrentState};
 
@@ -40,33 +42,32 @@ pub struct FusedStep {
     pub state: RecurrentState,
 }
 
-/// Rows `rows` of every step of a time-major `[seq_len, batch, width]` buffer.
-fn gather(
-    data: &[f32],
-    seq_len: usize,
-    batch: usize,
-    width: usize,
-    rows: &Range<usize>,
-) -> Vec<f32> {
-    (0..seq_len)
-        .flat_map(|t| &data[(t * batch + rows.start) * width..(t * batch + rows.end) * width])
-        .copied()
-        .collect()
+/// What one shard of the batch computes.
+struct ShardStep {
+    loss_sum: f64,
+    layers: Vec<LstmGradients>,
+    head: HeadGradients,
+    /// The embedding table's gradient, `[vocab_size, d_embed]`, for models with an embedding.
+    embedding: Option<Vec<f32>>,
+    final_states: Vec<HostState>,
 }
 
-/// Writes a shard's `[seq_len, rows, width]` buffer back into rows `rows` of the whole batch.
-fn scatter(
-    whole: &mut [f32],
-    part: &[f32],
-    seq_len: usize,
-    batch: usize,
-    width: usize,
-    rows: &Range<usize>,
-) {
-    let n = rows.len() * width;
-    for t in 0..seq_len {
-        whole[(t * batch + rows.start) * width..][..n].copy_from_slice(&part[t * n..(t + 1) * n]);
+impl ShardStep {
+    fn add(&mut self, other: ShardStep) {
+        self.loss_sum += other.loss_sum;
+        for (sum, part) in self.layers.iter_mut().zip(&other.layers) {
+            sum.add(part);
+        }
+        add_into(&mut self.head.weight, &other.head.weight);
+        add_into(&mut self.head.bias, &other.head.bias);
+        if let (Some(sum), Some(part)) = (&mut self.embedding, &other.embedding) {
+            add_into(sum, part);
+        }
     }
+}
+
+fn add_into(sum: &mut [f32], part: &[f32]) {
+    sum.iter_mut().zip(part).for_each(|(s, p)| *s += p);
 }
 
 /// Splits `batch` rows into at most `threads` nearly equal ranges (0: one per thread of the pool).
@@ -82,10 +83,22 @@ fn shards(batch: usize, threads: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
+/// `[batch, seq_len]` ids as host values, time-major: `[seq_len, batch]`.
+fn time_major_ids(ids: Tensor<2, Int>) -> Vec<usize> {
+    ids.swap_dims(0, 1)
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .expect("ids read as i64")
+        .into_iter()
+        .map(|id| usize::try_from(id).expect("ids are not negative"))
+        .collect()
+}
+
 /// One chunk through `model` with the host kernels: `ids` and `targets` are `[batch, seq_len]`
 /// on `device` (an autodiff device), `state` the state carried in, and the gradients are placed on
 /// `device`'s inner device, as Burn's own backward pass places them. Splits the batch into
-/// `threads` shards (0: one per core).
+/// `threads` shards (0: one per thread of the pool).
 pub fn fused_step(
     model: &CharLm,
     ids: Tensor<2, Int>,
@@ -105,31 +118,20 @@ pub fn fused_step(
                 .expect("the fused path trains LSTM layers")
         })
         .collect();
-    let d_input = layers[0].d_input;
-    let d_hidden = layers[layers.len() - 1].d_hidden;
-
-    // The stack's input, time-major: embedded characters, or one-hot vectors.
-    let embedded = model
+    let head = HeadWeights {
+        weight: host(model.head.weight.val()),
+        bias: match &model.head.bias {
+            Some(bias) => host(bias.val()),
+            None => vec![0.0; model.vocab_size()],
+        },
+    };
+    let table = model
         .embedding
         .as_ref()
-        .map(|embedding| embedding.forward(ids.clone()));
-    let input = match &embedded {
-        Some(embedded) => host(embedded.clone().swap_dims(0, 1)),
-        None => {
-            let ids = ids
-                .clone()
-                .swap_dims(0, 1)
-                .into_data()
-                .convert::<i64>()
-                .try_into_vec::<i64>()
-                .expect("ids read as i64");
-            let mut one_hot = vec![0.0; ids.len() * d_input];
-            for (row, &id) in ids.iter().enumerate() {
-                one_hot[row * d_input + id as usize] = 1.0;
-            }
-            one_hot
-        }
-    };
+        .map(|embedding| host(embedding.weight.val()));
+    let d_input = layers[0].d_input;
+    let ids = time_major_ids(ids);
+    let targets = time_major_ids(targets);
     let states: Vec<(Vec<f32>, Vec<f32>)> = state
         .layers
         .into_iter()
@@ -138,118 +140,92 @@ pub fn fused_step(
             (host(layer.hidden), host(cell))
         })
         .collect();
+    let scale = 1.0 / (batch * seq_len) as f32;
 
     let ranges = shards(batch, threads);
-    let shard_states = |rows: &Range<usize>| -> Vec<HostState> {
-        states
-            .iter()
-            .zip(&layers)
-            .map(|((hidden, cell), layer)| {
-                let span = rows.start * layer.d_hidden..rows.end * layer.d_hidden;
-                HostState {
-                    hidden: hidden[span.clone()].to_vec(),
-                    cell: cell[span].to_vec(),
-                }
-            })
-            .collect()
-    };
-    // The shards run on the thread pool Burn's CPU backends use, so that its idle workers take
-    // them instead of spinning beside extra threads.
-    let tapes: Vec<_> = ranges
+    let mut steps = ranges
         .par_iter()
         .map(|rows| {
-            let shard_input = gather(&input, seq_len, batch, d_input, rows);
-            stack_forward(
-                &layers,
-                shard_input,
-                &shard_states(rows),
-                seq_len,
-                rows.len(),
-            )
+            let picked = |values: &[usize]| -> Vec<usize> {
+                (0..seq_len)
+                    .flat_map(|t| &values[t * batch + rows.start..t * batch + rows.end])
+                    .copied()
+                    .collect()
+            };
+            let shard_ids = picked(&ids);
+            // The stack's input, time-major: embedded characters, or one-hot vectors.
+            let mut input = vec![0.0; shard_ids.len() * d_input];
+            for (row, &id) in input.chunks_exact_mut(d_input).zip(&shard_ids) {
+                match &table {
+                    Some(table) => row.copy_from_slice(&table[id * d_input..(id + 1) * d_input]),
+                    None => row[id] = 1.0,
+                }
+            }
+            let shard_states: Vec<HostState> = states
+                .iter()
+                .zip(&layers)
+                .map(|((hidden, cell), layer)| {
+                    let span = rows.start * layer.d_hidden..rows.end * layer.d_hidden;
+                    HostState {
+                        hidden: hidden[span.clone()].to_vec(),
+                        cell: cell[span].to_vec(),
+                    }
+                })
+                .collect();
+            let tape = stack_forward(&layers, input, &shard_states, seq_len, rows.len());
+            let head_step = head_loss(&head, tape.output(), &picked(&targets), scale);
+            let (layer_gradients, d_embedded) =
+                stack_backward(&layers, &tape, head_step.d_hidden, table.is_some());
+            let embedding = d_embedded.map(|d_embedded| {
+                let mut gradient = vec![0.0; table.as_ref().map_or(0, Vec::len)];
+                for (row, &id) in d_embedded.chunks_exact(d_input).zip(&shard_ids) {
+                    add_into(&mut gradient[id * d_input..(id + 1) * d_input], row);
+                }
+                gradient
+            });
+            ShardStep {
+                loss_sum: head_step.loss_sum,
+                layers: layer_gradients,
+                head: head_step.gradients,
+                embedding,
+                final_states: tape.final_states(),
+            }
         })
-        .collect();
-
-    let mut top = vec![0.0; seq_len * batch * d_hidden];
-    for (tape, rows) in tapes.iter().zip(&ranges) {
-        scatter(&mut top, tape.output(), seq_len, batch, d_hidden, rows);
-    }
-    let top = Tensor::<3>::from_data(TensorData::new(top, [seq_len, batch, d_hidden]), device)
-        .require_grad();
-    let logits = model.head.forward(top.clone().swap_dims(0, 1));
-    let loss = CharLm::loss(logits, targets);
-    let loss_value = loss.clone().into_scalar::<f64>();
-    let mut burn_gradients = loss.backward();
-    let d_top = host(
-        top.grad(&burn_gradients)
-            .expect("the outputs are a leaf of the loss"),
-    );
-    let mut gradients = GradientsParams::from_module(&mut burn_gradients, model);
-
-    let shard_results: Vec<_> = tapes
-        .par_iter()
-        .zip(&ranges)
-        .map(|(tape, rows)| {
-            let d_output = gather(&d_top, seq_len, batch, d_hidden, rows);
-            stack_backward(&layers, tape, d_output, embedded.is_some())
-        })
-        .collect();
-    let mut layer_gradients: Option<Vec<LstmGradients>> = None;
-    // The gradient of the embedded input, which only an embedding has a use for.
-    let mut d_embedded = embedded
-        .as_ref()
-        .map(|_| vec![0.0; seq_len * batch * d_input]);
-    for ((shard_gradients, d_input_shard), rows) in shard_results.into_iter().zip(&ranges) {
-        if let (Some(whole), Some(part)) = (&mut d_embedded, d_input_shard) {
-            scatter(whole, &part, seq_len, batch, d_input, rows);
-        }
-        match &mut layer_gradients {
-            Some(sum) => sum
-                .iter_mut()
-                .zip(&shard_gradients)
-                .for_each(|(s, g)| s.add(g)),
-            None => layer_gradients = Some(shard_gradients),
-        }
+        .collect::<Vec<_>>()
+        .into_iter();
+    let mut sum = steps.next().expect("a batch has a shard");
+    let mut final_states = vec![std::mem::take(&mut sum.final_states)];
+    for mut step in steps {
+        final_states.push(std::mem::take(&mut step.final_states));
+        sum.add(step);
     }
 
     let inner = device.clone().inner();
-    let register = |gradients: &mut GradientsParams, param: &Param<Tensor<2>>, values: Vec<f32>| {
-        let shape = param.dims();
-        gradients.register(
-            param.id,
-            Tensor::<2>::from_data(TensorData::new(values, shape), &inner),
-        );
-    };
-    for (layer, computed) in model
-        .rnn
-        .layers
-        .iter()
-        .zip(layer_gradients.expect("a shard ran"))
-    {
-        register(&mut gradients, &layer.weight_ih, computed.weight_ih);
-        register(&mut gradients, &layer.weight_hh, computed.weight_hh);
-        for bias in [&layer.bias_ih, &layer.bias_hh] {
-            let values =
-                Tensor::<1>::from_data(TensorData::new(computed.bias.clone(), bias.dims()), &inner);
-            gradients.register(bias.id, values);
-        }
+    let mut gradients = GradientsParams::new();
+    let register_2d =
+        |gradients: &mut GradientsParams, param: &Param<Tensor<2>>, values: Vec<f32>| {
+            let values = Tensor::<2>::from_data(TensorData::new(values, param.dims()), &inner);
+            gradients.register(param.id, values);
+        };
+    let register_1d =
+        |gradients: &mut GradientsParams, param: &Param<Tensor<1>>, values: Vec<f32>| {
+            let values = Tensor::<1>::from_data(TensorData::new(values, param.dims()), &inner);
+            gradients.register(param.id, values);
+        };
+    for (layer, computed) in model.rnn.layers.iter().zip(sum.layers) {
+        register_2d(&mut gradients, &layer.weight_ih, computed.weight_ih);
+        register_2d(&mut gradients, &layer.weight_hh, computed.weight_hh);
+        register_1d(&mut gradients, &layer.bias_ih, computed.bias.clone());
+        register_1d(&mut gradients, &layer.bias_hh, computed.bias);
     }
-    if let (Some(embedding), Some(embedded), Some(d_embedded)) =
-        (&model.embedding, embedded, d_embedded)
-    {
-        let d_embedded = Tensor::<3>::from_data(
-            TensorData::new(d_embedded, [seq_len, batch, d_input]),
-            device,
-        )
-        .swap_dims(0, 1);
-        let surrogate = (embedded * d_embedded).sum();
-        let embedding_gradients = surrogate.backward();
-        let weight = &embedding.weight;
-        if let Some(gradient) = weight.val().grad(&embedding_gradients) {
-            gradients.register(weight.id, gradient);
-        }
+    register_2d(&mut gradients, &model.head.weight, sum.head.weight);
+    if let Some(bias) = &model.head.bias {
+        register_1d(&mut gradients, bias, sum.head.bias);
+    }
+    if let (Some(embedding), Some(values)) = (&model.embedding, sum.embedding) {
+        register_2d(&mut gradients, &embedding.weight, values);
     }
 
-    let final_states: Vec<Vec<HostState>> = tapes.iter().map(|tape| tape.final_states()).collect();
     let layers_state = layers
         .iter()
         .enumerate()
@@ -271,7 +247,7 @@ pub fn fused_step(
         })
         .collect();
     FusedStep {
-        loss: loss_value,
+        loss: sum.loss_sum / (batch * seq_len) as f64,
         gradients,
         state: RecurrentState {
             layers: layers_state,
