@@ -1,18 +1,22 @@
-//! Whole-chunk LSTM kernels on host memory: the forward pass and backpropagation through time of
-//! a stack of LSTM layers over a chunk of steps, on plain `f32` buffers.
+//! Whole-chunk recurrent kernels on host memory: the forward pass and backpropagation through time
+//! of a stack of tanh RNN, LSTM or GRU layers over a chunk of steps, the head and its loss, and a
+//! one-stream stepper for sampling, all on plain `f32` buffers.
 //!
 //! This is the fast path of training on a CPU. The plain path builds Burn's autodiff graph out of
 //! a dozen small tensor operations per layer and step; here one matrix product projects the
 //! inputs of the whole chunk, one per step advances the recurrence, the gate arithmetic of a step
-//! is one loop, and the weight gradients of the chunk are three matrix products after the loop.
-//! A caller may split the batch into shards and run them on threads of their own: the streams of
-//! a batch are independent until their gradients are summed. The results equal the plain path's
-//! (tests at the bottom, and in `ember-train` for whole training steps).
+//! is one loop, and the weight gradients of the chunk are matrix products after the loop. A caller
+//! may split the batch into shards and run them on threads of their own: the streams of a batch
+//! are independent until their gradients are summed. The results equal the plain path's (tests
+//! at the bottom, and in `ember-train` for whole training steps).
 //!
 //! Layouts: sequences are time-major and row-major, `[seq_len, batch_size, width]`; weights are
-//! the layer's own (`[d_input, 4 * d_hidden]` and `[d_hidden, 4 * d_hidden]`, gates `i, f, g, o`).
+//! the layer's own (`[d_input, G * d_hidden]` and `[d_hidden, G * d_hidden]`, with the `G` gate
+//! blocks of [`CellKind`] in PyTorch's order).
 
 use burn::tensor::Tensor;
+
+use crate::CellKind;
 
 mod gemm;
 mod pool;
@@ -26,67 +30,96 @@ pub fn host_values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
         .expect("float values convert to f32")
 }
 
-/// The weights of one LSTM layer, as [`RecurrentLayer`](crate::RecurrentLayer) stores them.
+/// The weights of one recurrent layer, as [`RecurrentLayer`](crate::RecurrentLayer) stores them.
 #[derive(Debug, Clone)]
-pub struct LstmWeights {
-    /// `[d_input, 4 * d_hidden]`.
+pub struct LayerWeights {
+    /// The recurrence the layer computes.
+    pub cell: CellKind,
+    /// `[d_input, G * d_hidden]`.
     pub weight_ih: Vec<f32>,
-    /// `[d_hidden, 4 * d_hidden]`.
+    /// `[d_hidden, G * d_hidden]`.
     pub weight_hh: Vec<f32>,
-    /// `bias_ih + bias_hh`, `[4 * d_hidden]`: the two biases are always added together.
-    pub bias: Vec<f32>,
+    /// `[G * d_hidden]`.
+    pub bias_ih: Vec<f32>,
+    /// `[G * d_hidden]`.
+    pub bias_hh: Vec<f32>,
     /// The input width.
     pub d_input: usize,
     /// The hidden width.
     pub d_hidden: usize,
 }
 
-/// The gradients of one layer's weights over a chunk. The two biases of a layer share one
-/// gradient.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LstmGradients {
-    /// `[d_input, 4 * d_hidden]`.
-    pub weight_ih: Vec<f32>,
-    /// `[d_hidden, 4 * d_hidden]`.
-    pub weight_hh: Vec<f32>,
-    /// `[4 * d_hidden]`.
-    pub bias: Vec<f32>,
+impl LayerWeights {
+    fn gates(&self) -> usize {
+        self.cell.num_gates() * self.d_hidden
+    }
+
+    /// The bias added to the input projection: both biases where they are simply summed (RNN,
+    /// LSTM); GRU's reset gate scales its hidden projection with `b_hh`, which stays apart.
+    fn input_bias(&self) -> Vec<f32> {
+        match self.cell {
+            CellKind::Gru => self.bias_ih.clone(),
+            _ => self
+                .bias_ih
+                .iter()
+                .zip(&self.bias_hh)
+                .map(|(a, b)| a + b)
+                .collect(),
+        }
+    }
 }
 
-impl LstmGradients {
+/// The gradients of one layer's weights over a chunk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerGradients {
+    /// `[d_input, G * d_hidden]`.
+    pub weight_ih: Vec<f32>,
+    /// `[d_hidden, G * d_hidden]`.
+    pub weight_hh: Vec<f32>,
+    /// `[G * d_hidden]`.
+    pub bias_ih: Vec<f32>,
+    /// `[G * d_hidden]`.
+    pub bias_hh: Vec<f32>,
+}
+
+impl LayerGradients {
     /// Adds `other` (another shard's gradients of the same layer) into these.
-    pub fn add(&mut self, other: &LstmGradients) {
+    pub fn add(&mut self, other: &LayerGradients) {
         for (sum, part) in [
             (&mut self.weight_ih, &other.weight_ih),
             (&mut self.weight_hh, &other.weight_hh),
-            (&mut self.bias, &other.bias),
+            (&mut self.bias_ih, &other.bias_ih),
+            (&mut self.bias_hh, &other.bias_hh),
         ] {
             sum.iter_mut().zip(part).for_each(|(s, p)| *s += p);
         }
     }
 }
 
-/// A layer's hidden and cell vectors, `[batch_size, d_hidden]` each.
+/// A layer's state, `[batch_size, d_hidden]` per vector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostState {
     /// The hidden vector.
     pub hidden: Vec<f32>,
-    /// The cell vector.
+    /// The cell vector of an LSTM; empty for the other cells.
     pub cell: Vec<f32>,
 }
 
 /// What a layer's forward pass keeps for its backward pass.
 #[derive(Debug)]
 struct LayerTape {
+    cell: CellKind,
     d_hidden: usize,
     /// The layer's input, `[seq_len * batch, d_input]`.
     input: Vec<f32>,
-    /// The gate activations `i, f, g, o` after their nonlinearities, `[seq_len * batch, 4H]`.
+    /// LSTM: the gates `i, f, g, o` after their nonlinearities; GRU: `r, z, n` after theirs;
+    /// `[seq_len * batch, G * H]`. Unused by the RNN, whose output is its activation.
     gates: Vec<f32>,
-    /// `c_{t-1}` of every step, then the final cell: `[(seq_len + 1) * batch, H]`.
+    /// LSTM: `c_{t-1}` of every step, then the final cell, `[(seq_len + 1) * batch, H]`.
     cells: Vec<f32>,
-    /// `tanh(c_t)`, `[seq_len * batch, H]`.
-    tanh_cells: Vec<f32>,
+    /// LSTM: `tanh(c_t)`; GRU: `W_hn h_{t-1} + b_hn`, which the reset gate scales;
+    /// `[seq_len * batch, H]`.
+    per_step: Vec<f32>,
     /// `h_{t-1}` of every step, then the final hidden vector: `[(seq_len + 1) * batch, H]`.
     hiddens: Vec<f32>,
 }
@@ -97,7 +130,7 @@ impl Drop for LayerTape {
             &mut self.input,
             &mut self.gates,
             &mut self.cells,
-            &mut self.tanh_cells,
+            &mut self.per_step,
             &mut self.hiddens,
         ] {
             pool::recycle(std::mem::take(buffer));
@@ -129,7 +162,10 @@ impl StackTape {
                 let last = self.seq_len * width..(self.seq_len + 1) * width;
                 HostState {
                     hidden: tape.hiddens[last.clone()].to_vec(),
-                    cell: tape.cells[last].to_vec(),
+                    cell: match tape.cell {
+                        CellKind::Lstm => tape.cells[last].to_vec(),
+                        _ => Vec::new(),
+                    },
                 }
             })
             .collect()
@@ -145,6 +181,15 @@ fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+/// Column sums of `data` (`[rows, width]`).
+fn column_sums(data: &[f32], width: usize) -> Vec<f32> {
+    let mut sums = vec![0.0; width];
+    for row in data.chunks_exact(width) {
+        sums.iter_mut().zip(row).for_each(|(sum, d)| *sum += d);
+    }
+    sums
 }
 
 /// `e^x` to within 2 ulp for the `x` an activation sees, without branches or calls, so that
@@ -220,24 +265,25 @@ dispatch_simd!(
     layer_forward_avx512,
     layer_forward_avx2,
     layer_forward_portable,
-    (weights: &LstmWeights, input: Vec<f32>, state: &HostState, seq_len: usize, batch: usize) -> LayerTape
+    (weights: &LayerWeights, input: Vec<f32>, state: &HostState, seq_len: usize, batch: usize) -> LayerTape
 );
 
 /// One layer's forward pass over the chunk `input` (`[seq_len * batch, d_input]`) from `state`.
 #[inline(always)]
 fn layer_forward_portable(
-    weights: &LstmWeights,
+    weights: &LayerWeights,
     input: Vec<f32>,
     state: &HostState,
     seq_len: usize,
     batch: usize,
 ) -> LayerTape {
-    let (d_in, h) = (weights.d_input, weights.d_hidden);
-    let g = 4 * h;
+    let (d_in, h, g) = (weights.d_input, weights.d_hidden, weights.gates());
     let rows = seq_len * batch;
+    let width = batch * h;
+    let bias = weights.input_bias();
     let mut gates = pool::zeros(rows * g);
     for row in gates.chunks_exact_mut(g) {
-        row.copy_from_slice(&weights.bias);
+        row.copy_from_slice(&bias);
     }
     matmul(
         (rows, d_in, g),
@@ -248,59 +294,169 @@ fn layer_forward_portable(
         true,
         &mut gates,
     );
-    let width = batch * h;
-    let mut cells = pool::zeros((seq_len + 1) * width);
     let mut hiddens = pool::zeros((seq_len + 1) * width);
-    let mut tanh_cells = pool::zeros(seq_len * width);
-    cells[..width].copy_from_slice(&state.cell);
     hiddens[..width].copy_from_slice(&state.hidden);
+    let mut cells = Vec::new();
+    if weights.cell == CellKind::Lstm {
+        cells = pool::zeros((seq_len + 1) * width);
+        cells[..width].copy_from_slice(&state.cell);
+    }
+    let mut per_step = match weights.cell {
+        CellKind::Rnn => Vec::new(),
+        CellKind::Lstm | CellKind::Gru => pool::zeros(rows * h),
+    };
+    // GRU: a step's hidden projection, kept apart from the input's for the reset gate to scale.
+    let mut projected = match weights.cell {
+        CellKind::Gru => pool::zeros(batch * g),
+        _ => Vec::new(),
+    };
     for t in 0..seq_len {
         let step_gates = &mut gates[t * batch * g..(t + 1) * batch * g];
         let (done, next) = hiddens.split_at_mut((t + 1) * width);
-        matmul(
-            (batch, h, g),
-            &done[t * width..],
-            (h, 1),
-            &weights.weight_hh,
-            g,
-            true,
-            step_gates,
-        );
-        let (previous_cells, next_cells) = cells.split_at_mut((t + 1) * width);
-        let previous_cells = &previous_cells[t * width..];
-        let tanh_step = &mut tanh_cells[t * width..(t + 1) * width];
-        for row in 0..batch {
-            let gate_row = &mut step_gates[row * g..(row + 1) * g];
-            let (sigmoid_if, rest) = gate_row.split_at_mut(2 * h);
-            let (candidate, out) = rest.split_at_mut(h);
-            for v in sigmoid_if.iter_mut().chain(out.iter_mut()) {
-                *v = sigmoid(*v);
+        let previous = &done[t * width..];
+        let next = &mut next[..width];
+        let step_span = t * width..(t + 1) * width;
+        match weights.cell {
+            CellKind::Rnn => {
+                matmul(
+                    (batch, h, g),
+                    previous,
+                    (h, 1),
+                    &weights.weight_hh,
+                    g,
+                    true,
+                    step_gates,
+                );
+                for (out, &pre) in next.iter_mut().zip(step_gates.iter()) {
+                    *out = tanh(pre);
+                }
             }
-            for v in candidate.iter_mut() {
-                *v = tanh(*v);
+            CellKind::Lstm => {
+                matmul(
+                    (batch, h, g),
+                    previous,
+                    (h, 1),
+                    &weights.weight_hh,
+                    g,
+                    true,
+                    step_gates,
+                );
+                let (previous_cells, next_cells) = cells.split_at_mut((t + 1) * width);
+                lstm_step(
+                    step_gates,
+                    &previous_cells[t * width..],
+                    &mut next_cells[..width],
+                    &mut per_step[step_span],
+                    next,
+                    h,
+                );
             }
-            let (i, f) = sigmoid_if.split_at(h);
-            let span = row * h..(row + 1) * h;
-            let cells_row = &mut next_cells[span.clone()];
-            let tanh_row = &mut tanh_step[span.clone()];
-            let hidden_row = &mut next[span.clone()];
-            let previous_row = &previous_cells[span];
-            for j in 0..h {
-                let cell = f[j] * previous_row[j] + i[j] * candidate[j];
-                let tanh_cell = tanh(cell);
-                cells_row[j] = cell;
-                tanh_row[j] = tanh_cell;
-                hidden_row[j] = out[j] * tanh_cell;
+            CellKind::Gru => {
+                for row in projected.chunks_exact_mut(g) {
+                    row.copy_from_slice(&weights.bias_hh);
+                }
+                matmul(
+                    (batch, h, g),
+                    previous,
+                    (h, 1),
+                    &weights.weight_hh,
+                    g,
+                    true,
+                    &mut projected,
+                );
+                gru_step(
+                    step_gates,
+                    &projected,
+                    previous,
+                    &mut per_step[step_span],
+                    next,
+                    h,
+                );
             }
         }
     }
+    pool::recycle(projected);
     LayerTape {
+        cell: weights.cell,
         d_hidden: h,
         input,
         gates,
         cells,
-        tanh_cells,
+        per_step,
         hiddens,
+    }
+}
+
+/// An LSTM step's gate arithmetic: activates `gates` (`[batch, 4H]`, pre-activations in) in
+/// place and writes the new cells, their tanh and the new hidden vectors.
+#[inline(always)]
+fn lstm_step(
+    gates: &mut [f32],
+    previous_cells: &[f32],
+    cells: &mut [f32],
+    tanh_cells: &mut [f32],
+    hidden: &mut [f32],
+    h: usize,
+) {
+    for (row, gate_row) in gates.chunks_exact_mut(4 * h).enumerate() {
+        let (sigmoid_if, rest) = gate_row.split_at_mut(2 * h);
+        let (candidate, out) = rest.split_at_mut(h);
+        for v in sigmoid_if.iter_mut().chain(out.iter_mut()) {
+            *v = sigmoid(*v);
+        }
+        for v in candidate.iter_mut() {
+            *v = tanh(*v);
+        }
+        let (i, f) = sigmoid_if.split_at(h);
+        let span = row * h..(row + 1) * h;
+        let cells_row = &mut cells[span.clone()];
+        let tanh_row = &mut tanh_cells[span.clone()];
+        let hidden_row = &mut hidden[span.clone()];
+        let previous_row = &previous_cells[span];
+        for j in 0..h {
+            let cell = f[j] * previous_row[j] + i[j] * candidate[j];
+            let tanh_cell = tanh(cell);
+            cells_row[j] = cell;
+            tanh_row[j] = tanh_cell;
+            hidden_row[j] = out[j] * tanh_cell;
+        }
+    }
+}
+
+/// A GRU step's gate arithmetic: from the input projections `gates` (`[batch, 3H]`, replaced by
+/// the activated `r, z, n`) and the hidden projections `projected`, writes `W_hn h + b_hn` into
+/// `hidden_new` and the new hidden vectors into `hidden`.
+#[inline(always)]
+fn gru_step(
+    gates: &mut [f32],
+    projected: &[f32],
+    previous: &[f32],
+    hidden_new: &mut [f32],
+    hidden: &mut [f32],
+    h: usize,
+) {
+    let rows = gates
+        .chunks_exact_mut(3 * h)
+        .zip(projected.chunks_exact(3 * h));
+    for (row, (gate_row, projected_row)) in rows.enumerate() {
+        let (reset, rest) = gate_row.split_at_mut(h);
+        let (update, candidate) = rest.split_at_mut(h);
+        let (p_reset, rest) = projected_row.split_at(h);
+        let (p_update, p_new) = rest.split_at(h);
+        let span = row * h..(row + 1) * h;
+        let previous_row = &previous[span.clone()];
+        let new_row = &mut hidden_new[span.clone()];
+        let hidden_row = &mut hidden[span];
+        for j in 0..h {
+            let r = sigmoid(reset[j] + p_reset[j]);
+            let z = sigmoid(update[j] + p_update[j]);
+            let n = tanh(candidate[j] + r * p_new[j]);
+            reset[j] = r;
+            update[j] = z;
+            candidate[j] = n;
+            new_row[j] = p_new[j];
+            hidden_row[j] = n + z * (previous_row[j] - n);
+        }
     }
 }
 
@@ -310,13 +466,13 @@ dispatch_simd!(
     layer_backward_avx2,
     layer_backward_portable,
     (
-        weights: &LstmWeights,
+        weights: &LayerWeights,
         tape: &LayerTape,
         d_output: &[f32],
         seq_len: usize,
         batch: usize,
         input_gradient: bool
-    ) -> (LstmGradients, Option<Vec<f32>>)
+    ) -> (LayerGradients, Option<Vec<f32>>)
 );
 
 /// One layer's backward pass: from the gradient of its outputs (`[seq_len * batch, H]`) to its
@@ -324,64 +480,96 @@ dispatch_simd!(
 /// (truncated backpropagation cuts there).
 #[inline(always)]
 fn layer_backward_portable(
-    weights: &LstmWeights,
+    weights: &LayerWeights,
     tape: &LayerTape,
     d_output: &[f32],
     seq_len: usize,
     batch: usize,
     input_gradient: bool,
-) -> (LstmGradients, Option<Vec<f32>>) {
-    let (d_in, h) = (weights.d_input, weights.d_hidden);
-    let g = 4 * h;
+) -> (LayerGradients, Option<Vec<f32>>) {
+    let (d_in, h, g) = (weights.d_input, weights.d_hidden, weights.gates());
     let width = batch * h;
     let rows = seq_len * batch;
+    // The gradient of every step's input projection, gate by gate.
     let mut d_gates = pool::zeros(rows * g);
+    // GRU: the gradient of the hidden projection, which differs from the input projection's in
+    // the candidate block (the reset gate scales it).
+    let mut d_projected = match weights.cell {
+        CellKind::Gru => pool::zeros(rows * g),
+        _ => Vec::new(),
+    };
     let mut d_hidden = vec![0.0; width];
-    let mut d_cell = vec![0.0; width];
+    let mut d_cell = match weights.cell {
+        CellKind::Lstm => vec![0.0; width],
+        _ => Vec::new(),
+    };
     let weight_hh_t = transpose(&weights.weight_hh, h, g);
     for t in (0..seq_len).rev() {
-        let gates = &tape.gates[t * batch * g..(t + 1) * batch * g];
-        let step_d_gates = &mut d_gates[t * batch * g..(t + 1) * batch * g];
-        let previous_cells = &tape.cells[t * width..(t + 1) * width];
-        let tanh_cells = &tape.tanh_cells[t * width..(t + 1) * width];
-        let d_out = &d_output[t * width..(t + 1) * width];
-        for row in 0..batch {
-            let gate_row = &gates[row * g..(row + 1) * g];
-            let d_row = &mut step_d_gates[row * g..(row + 1) * g];
-            for j in 0..h {
-                let index = row * h + j;
-                let (i, f, c_hat, o) = (
-                    gate_row[j],
-                    gate_row[h + j],
-                    gate_row[2 * h + j],
-                    gate_row[3 * h + j],
-                );
-                let tanh_cell = tanh_cells[index];
-                let dh = d_hidden[index] + d_out[index];
-                let d_o = dh * tanh_cell;
-                let dc = d_cell[index] + dh * o * (1.0 - tanh_cell * tanh_cell);
-                d_row[j] = dc * c_hat * i * (1.0 - i);
-                d_row[h + j] = dc * previous_cells[index] * f * (1.0 - f);
-                d_row[2 * h + j] = dc * i * (1.0 - c_hat * c_hat);
-                d_row[3 * h + j] = d_o * o * (1.0 - o);
-                d_cell[index] = dc * f;
+        let gate_span = t * batch * g..(t + 1) * batch * g;
+        let span = t * width..(t + 1) * width;
+        let d_out = &d_output[span.clone()];
+        let step_d_gates = &mut d_gates[gate_span.clone()];
+        // Where dL/dh_{t-1} = (gradient of the hidden projection) W_hh^T comes from.
+        let accumulate = match weights.cell {
+            CellKind::Rnn => {
+                let outputs = &tape.hiddens[span.end..span.end + width];
+                for (k, d) in step_d_gates.iter_mut().enumerate() {
+                    let dh = d_hidden[k] + d_out[k];
+                    *d = dh * (1.0 - outputs[k] * outputs[k]);
+                }
+                false
             }
-        }
-        // dL/dh_{t-1} = dL/dgates_t W_hh^T.
+            CellKind::Lstm => {
+                lstm_step_backward(
+                    &tape.gates[gate_span.clone()],
+                    &tape.cells[span.clone()],
+                    &tape.per_step[span.clone()],
+                    d_out,
+                    &d_hidden,
+                    &mut d_cell,
+                    step_d_gates,
+                    h,
+                );
+                false
+            }
+            CellKind::Gru => {
+                gru_step_backward(
+                    &tape.gates[gate_span.clone()],
+                    &tape.per_step[span.clone()],
+                    &tape.hiddens[span],
+                    d_out,
+                    &mut d_hidden,
+                    step_d_gates,
+                    &mut d_projected[gate_span.clone()],
+                    h,
+                );
+                true
+            }
+        };
+        let d_recurrent = match weights.cell {
+            CellKind::Gru => &d_projected[gate_span],
+            _ => &d_gates[gate_span],
+        };
         matmul(
             (batch, g, h),
-            step_d_gates,
+            d_recurrent,
             (g, 1),
             &weight_hh_t,
             h,
-            false,
+            accumulate,
             &mut d_hidden,
         );
     }
-    let mut gradients = LstmGradients {
+    pool::recycle(weight_hh_t);
+    let d_recurrent = match weights.cell {
+        CellKind::Gru => &d_projected,
+        _ => &d_gates,
+    };
+    let mut gradients = LayerGradients {
         weight_ih: vec![0.0; d_in * g],
         weight_hh: vec![0.0; h * g],
-        bias: vec![0.0; g],
+        bias_ih: column_sums(&d_gates, g),
+        bias_hh: column_sums(d_recurrent, g),
     };
     // W_ih' = X^T dG, W_hh' = H_prev^T dG over every step at once.
     matmul(
@@ -397,19 +585,12 @@ fn layer_backward_portable(
         (h, rows, g),
         &tape.hiddens[..rows * h],
         (1, h),
-        &d_gates,
+        d_recurrent,
         g,
         false,
         &mut gradients.weight_hh,
     );
-    for row in d_gates.chunks_exact(g) {
-        gradients
-            .bias
-            .iter_mut()
-            .zip(row)
-            .for_each(|(sum, d)| *sum += d);
-    }
-    pool::recycle(weight_hh_t);
+    pool::recycle(d_projected);
     if !input_gradient {
         pool::recycle(d_gates);
         return (gradients, None);
@@ -430,10 +611,89 @@ fn layer_backward_portable(
     (gradients, Some(d_input))
 }
 
+/// An LSTM step backward: from the gradients arriving at `h_t` (`d_hidden`, from the step after,
+/// and `d_out`, from above) and at `c_t` (`d_cell`, updated to `c_{t-1}`'s), the gradients of
+/// the step's pre-activations `d_gates`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn lstm_step_backward(
+    gates: &[f32],
+    previous_cells: &[f32],
+    tanh_cells: &[f32],
+    d_out: &[f32],
+    d_hidden: &[f32],
+    d_cell: &mut [f32],
+    d_gates: &mut [f32],
+    h: usize,
+) {
+    let rows = gates
+        .chunks_exact(4 * h)
+        .zip(d_gates.chunks_exact_mut(4 * h));
+    for (row, (gate_row, d_row)) in rows.enumerate() {
+        for j in 0..h {
+            let index = row * h + j;
+            let (i, f, c_hat, o) = (
+                gate_row[j],
+                gate_row[h + j],
+                gate_row[2 * h + j],
+                gate_row[3 * h + j],
+            );
+            let tanh_cell = tanh_cells[index];
+            let dh = d_hidden[index] + d_out[index];
+            let d_o = dh * tanh_cell;
+            let dc = d_cell[index] + dh * o * (1.0 - tanh_cell * tanh_cell);
+            d_row[j] = dc * c_hat * i * (1.0 - i);
+            d_row[h + j] = dc * previous_cells[index] * f * (1.0 - f);
+            d_row[2 * h + j] = dc * i * (1.0 - c_hat * c_hat);
+            d_row[3 * h + j] = d_o * o * (1.0 - o);
+            d_cell[index] = dc * f;
+        }
+    }
+}
+
+/// A GRU step backward: from the gradients arriving at `h_t` (`d_hidden`, from the step after,
+/// and `d_out`, from above), the gradients of the step's input projections (`d_gates`) and
+/// hidden projections (`d_projected`); `d_hidden` is left holding the direct part of `h_{t-1}`'s
+/// gradient, `dh z`, for the hidden projection's part to be added to.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gru_step_backward(
+    gates: &[f32],
+    hidden_new: &[f32],
+    previous: &[f32],
+    d_out: &[f32],
+    d_hidden: &mut [f32],
+    d_gates: &mut [f32],
+    d_projected: &mut [f32],
+    h: usize,
+) {
+    let rows = gates
+        .chunks_exact(3 * h)
+        .zip(d_gates.chunks_exact_mut(3 * h))
+        .zip(d_projected.chunks_exact_mut(3 * h));
+    for (row, ((gate_row, d_row), d_projected_row)) in rows.enumerate() {
+        for j in 0..h {
+            let index = row * h + j;
+            let (r, z, n) = (gate_row[j], gate_row[h + j], gate_row[2 * h + j]);
+            let dh = d_hidden[index] + d_out[index];
+            let d_new = dh * (1.0 - z) * (1.0 - n * n);
+            let d_reset = d_new * hidden_new[index] * r * (1.0 - r);
+            let d_update = dh * (previous[index] - n) * z * (1.0 - z);
+            d_row[j] = d_reset;
+            d_row[h + j] = d_update;
+            d_row[2 * h + j] = d_new;
+            d_projected_row[j] = d_reset;
+            d_projected_row[h + j] = d_update;
+            d_projected_row[2 * h + j] = d_new * r;
+            d_hidden[index] = dh * z;
+        }
+    }
+}
+
 /// The forward pass of a stack of layers over the chunk `input` (`[seq_len * batch, d_input]`
 /// of the bottom layer) from `states` (one per layer, bottom first).
 pub fn stack_forward(
-    layers: &[LstmWeights],
+    layers: &[LayerWeights],
     input: Vec<f32>,
     states: &[HostState],
     seq_len: usize,
@@ -447,6 +707,7 @@ pub fn stack_forward(
         below = pool::copied(&tape.hiddens[batch * weights.d_hidden..]);
         tapes.push(tape);
     }
+    pool::recycle(below);
     StackTape {
         layers: tapes,
         seq_len,
@@ -458,11 +719,11 @@ pub fn stack_forward(
 /// layer's weight gradients (bottom first) and, if `input_gradient`, the gradient of the bottom
 /// layer's input (one-hot inputs have no use for it).
 pub fn stack_backward(
-    layers: &[LstmWeights],
+    layers: &[LayerWeights],
     tape: &StackTape,
     d_output: Vec<f32>,
     input_gradient: bool,
-) -> (Vec<LstmGradients>, Option<Vec<f32>>) {
+) -> (Vec<LayerGradients>, Option<Vec<f32>>) {
     let mut gradients = Vec::with_capacity(layers.len());
     let mut d_above = Some(d_output);
     for (k, (weights, layer_tape)) in layers.iter().zip(&tape.layers).enumerate().rev() {
@@ -605,102 +866,120 @@ fn head_loss_portable(
     }
 }
 
-/// `out += x w` for a row vector `x` and a row-major `w: [x.len(), out.len()]`: one pass over
-/// `w`, row by row, that vectorizes.
-#[inline(always)]
-fn add_vector_matrix(out: &mut [f32], x: &[f32], w: &[f32]) {
-    let n = out.len();
-    for (k, &a) in x.iter().enumerate() {
-        if a != 0.0 {
-            for (o, &weight) in out.iter_mut().zip(&w[k * n..(k + 1) * n]) {
-                *o += a * weight;
-            }
-        }
-    }
-}
-
-/// One stream of an LSTM character model stepped on the host: the fast path of sampling, where
-/// a batch of one makes every tensor operation tiny and Burn's per-operation cost dominates.
+/// One stream of a character model stepped on the host: the fast path of sampling, where a
+/// batch of one makes every tensor operation tiny and Burn's per-operation cost dominates.
 #[derive(Debug, Clone)]
-pub struct LstmStepper {
+pub struct HostStepper {
     /// `[vocab_size, d_embed]`, or `None` for one-hot inputs.
     embedding: Option<Vec<f32>>,
-    layers: Vec<LstmWeights>,
-    /// `[d_hidden, vocab_size]`.
-    head_weight: Vec<f32>,
-    head_bias: Vec<f32>,
+    layers: Vec<LayerWeights>,
+    /// Each layer's [`LayerWeights::input_bias`].
+    input_biases: Vec<Vec<f32>>,
+    head: HeadWeights,
     states: Vec<HostState>,
 }
 
-impl LstmStepper {
-    /// A stepper from the model's weights (`embedding` `[vocab_size, d_embed]` or `None`; the
-    /// head `[d_hidden, vocab_size]` and its bias) and each layer's state for one stream.
+impl HostStepper {
+    /// A stepper from the model's weights (`embedding` `[vocab_size, d_embed]` or `None`, the
+    /// layers and the head) and each layer's state for one stream.
     pub fn new(
         embedding: Option<Vec<f32>>,
-        layers: Vec<LstmWeights>,
-        head_weight: Vec<f32>,
-        head_bias: Vec<f32>,
+        layers: Vec<LayerWeights>,
+        head: HeadWeights,
         states: Vec<HostState>,
     ) -> Self {
         assert_eq!(layers.len(), states.len(), "one state per layer");
-        LstmStepper {
+        HostStepper {
             embedding,
+            input_biases: layers.iter().map(LayerWeights::input_bias).collect(),
             layers,
-            head_weight,
-            head_bias,
+            head,
             states,
         }
     }
 
     /// Reads character `id` and returns the logits of the next one.
     pub fn step(&mut self, id: usize) -> Vec<f32> {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2, the one feature the function is compiled for.
-            return unsafe { self.step_avx2(id) };
-        }
-        self.step_portable(id)
+        stepper_step(self, id)
     }
+}
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn step_avx2(&mut self, id: usize) -> Vec<f32> {
-        self.step_portable(id)
-    }
+dispatch_simd!(
+    stepper_step,
+    stepper_step_avx512,
+    stepper_step_avx2,
+    stepper_step_portable,
+    (stepper: &mut HostStepper, id: usize) -> Vec<f32>
+);
 
-    #[inline(always)]
-    fn step_portable(&mut self, id: usize) -> Vec<f32> {
-        let mut below: Vec<f32> = match &self.embedding {
-            Some(table) => {
-                let d_embed = self.layers[0].d_input;
-                table[id * d_embed..(id + 1) * d_embed].to_vec()
-            }
-            None => {
-                let mut one_hot = vec![0.0; self.layers[0].d_input];
-                one_hot[id] = 1.0;
-                one_hot
-            }
-        };
-        for (weights, state) in self.layers.iter().zip(&mut self.states) {
-            let h = weights.d_hidden;
-            let mut gates = weights.bias.clone();
+/// `out += x w` for a row vector `x` and a row-major `w: [x.len(), out.len()]`.
+#[inline(always)]
+fn add_vector_matrix(out: &mut [f32], x: &[f32], w: &[f32]) {
+    matmul(
+        (1, x.len(), out.len()),
+        x,
+        (x.len(), 1),
+        w,
+        out.len(),
+        true,
+        out,
+    );
+}
+
+#[inline(always)]
+fn stepper_step_portable(stepper: &mut HostStepper, id: usize) -> Vec<f32> {
+    let d_input = stepper.layers[0].d_input;
+    let mut below: Vec<f32> = match &stepper.embedding {
+        Some(table) => table[id * d_input..(id + 1) * d_input].to_vec(),
+        None => Vec::new(),
+    };
+    let layers = stepper.layers.iter().zip(&stepper.input_biases);
+    for (k, ((weights, bias), state)) in layers.zip(&mut stepper.states).enumerate() {
+        let h = weights.d_hidden;
+        let g = weights.gates();
+        let mut gates = bias.clone();
+        if k == 0 && stepper.embedding.is_none() {
+            // A one-hot input picks a row of W_ih.
+            let row = &weights.weight_ih[id * g..(id + 1) * g];
+            gates.iter_mut().zip(row).for_each(|(v, w)| *v += w);
+        } else {
             add_vector_matrix(&mut gates, &below, &weights.weight_ih);
-            add_vector_matrix(&mut gates, &state.hidden, &weights.weight_hh);
-            for j in 0..h {
-                let i = sigmoid(gates[j]);
-                let f = sigmoid(gates[h + j]);
-                let candidate = tanh(gates[2 * h + j]);
-                let o = sigmoid(gates[3 * h + j]);
-                let cell = f * state.cell[j] + i * candidate;
-                state.cell[j] = cell;
-                state.hidden[j] = o * tanh(cell);
-            }
-            below.clone_from(&state.hidden);
         }
-        let mut logits = self.head_bias.clone();
-        add_vector_matrix(&mut logits, &below, &self.head_weight);
-        logits
+        match weights.cell {
+            CellKind::Rnn => {
+                add_vector_matrix(&mut gates, &state.hidden, &weights.weight_hh);
+                for (hidden, pre) in state.hidden.iter_mut().zip(&gates) {
+                    *hidden = tanh(*pre);
+                }
+            }
+            CellKind::Lstm => {
+                add_vector_matrix(&mut gates, &state.hidden, &weights.weight_hh);
+                for j in 0..h {
+                    let i = sigmoid(gates[j]);
+                    let f = sigmoid(gates[h + j]);
+                    let candidate = tanh(gates[2 * h + j]);
+                    let o = sigmoid(gates[3 * h + j]);
+                    let cell = f * state.cell[j] + i * candidate;
+                    state.cell[j] = cell;
+                    state.hidden[j] = o * tanh(cell);
+                }
+            }
+            CellKind::Gru => {
+                let mut projected = weights.bias_hh.clone();
+                add_vector_matrix(&mut projected, &state.hidden, &weights.weight_hh);
+                for j in 0..h {
+                    let r = sigmoid(gates[j] + projected[j]);
+                    let z = sigmoid(gates[h + j] + projected[h + j]);
+                    let n = tanh(gates[2 * h + j] + r * projected[2 * h + j]);
+                    state.hidden[j] = n + z * (state.hidden[j] - n);
+                }
+            }
+        }
+        below.clone_from(&state.hidden);
     }
+    let mut logits = stepper.head.bias.clone();
+    add_vector_matrix(&mut logits, &below, &stepper.head.weight);
+    logits
 }
 
 #[cfg(test)]
@@ -718,20 +997,51 @@ mod tests {
             .collect()
     }
 
-    fn layer(d_input: usize, d_hidden: usize, seed: u32) -> LstmWeights {
-        let g = 4 * d_hidden;
-        LstmWeights {
+    fn layer(cell: CellKind, d_input: usize, d_hidden: usize, seed: u32) -> LayerWeights {
+        let g = cell.num_gates() * d_hidden;
+        LayerWeights {
+            cell,
             weight_ih: values(d_input * g, seed),
             weight_hh: values(d_hidden * g, seed + 1),
-            bias: values(g, seed + 2),
+            bias_ih: values(g, seed + 2),
+            bias_hh: values(g, seed + 3),
             d_input,
             d_hidden,
         }
     }
 
+    fn state(cell: CellKind, width: usize, seed: u32) -> HostState {
+        HostState {
+            hidden: values(width, seed),
+            cell: match cell {
+                CellKind::Lstm => values(width, seed + 1),
+                _ => Vec::new(),
+            },
+        }
+    }
+
+    /// The weight tensors of a layer, in a fixed order.
+    fn tensors_mut(weights: &mut LayerWeights) -> [&mut Vec<f32>; 4] {
+        [
+            &mut weights.weight_ih,
+            &mut weights.weight_hh,
+            &mut weights.bias_ih,
+            &mut weights.bias_hh,
+        ]
+    }
+
+    fn gradient_tensors(gradients: &LayerGradients) -> [&Vec<f32>; 4] {
+        [
+            &gradients.weight_ih,
+            &gradients.weight_hh,
+            &gradients.bias_ih,
+            &gradients.bias_hh,
+        ]
+    }
+
     /// `sum(output * probe)`: a loss whose gradient with respect to the output is `probe`.
     fn probed_loss(
-        layers: &[LstmWeights],
+        layers: &[LayerWeights],
         input: &[f32],
         states: &[HostState],
         t: usize,
@@ -746,131 +1056,196 @@ mod tests {
             .sum()
     }
 
+    fn assert_close(analytic: f32, numeric: f64, what: &str) {
+        assert!(
+            (analytic as f64 - numeric).abs() < 2e-3 * (1.0 + numeric.abs()),
+            "{what}: analytic {analytic}, numeric {numeric}"
+        );
+    }
+
+    /// Central differences of `f` at `eps`.
+    fn central(eps: f32, f: impl Fn(f32) -> f64) -> f64 {
+        (f(eps) - f(-eps)) / (2.0 * eps as f64)
+    }
+
     #[test]
     fn gradients_match_central_differences() {
         let (t, b, d_in, h) = (4, 3, 5, 3);
-        let layers = vec![layer(d_in, h, 1), layer(h, h, 7)];
-        let states: Vec<HostState> = (0..2)
-            .map(|k| HostState {
-                hidden: values(b * h, 20 + k),
-                cell: values(b * h, 30 + k),
-            })
-            .collect();
-        let input = values(t * b * d_in, 40);
-        let tape = stack_forward(&layers, input.clone(), &states, t, b);
-        let probe = values(tape.output().len(), 99);
-        let (gradients, d_input) = stack_backward(&layers, &tape, probe, true);
-        let d_input = d_input.unwrap();
+        for cell in CellKind::ALL {
+            let layers = vec![layer(cell, d_in, h, 1), layer(cell, h, h, 7)];
+            let states: Vec<HostState> = (0..2).map(|k| state(cell, b * h, 20 + 2 * k)).collect();
+            let input = values(t * b * d_in, 40);
+            let tape = stack_forward(&layers, input.clone(), &states, t, b);
+            let probe = values(tape.output().len(), 99);
+            let (gradients, d_input) = stack_backward(&layers, &tape, probe, true);
+            let d_input = d_input.unwrap();
 
-        let eps = 1e-2f32;
-        let check = |analytic: f32, numeric: f64, what: &str| {
-            assert!(
-                (analytic as f64 - numeric).abs() < 2e-3 * (1.0 + numeric.abs()),
-                "{what}: analytic {analytic}, numeric {numeric}"
-            );
-        };
-        for k in 0..layers.len() {
-            for which in 0..3 {
-                let len = match which {
-                    0 => layers[k].weight_ih.len(),
-                    1 => layers[k].weight_hh.len(),
-                    _ => layers[k].bias.len(),
-                };
-                for index in (0..len).step_by(5) {
-                    let shifted = |delta: f32| {
-                        let mut changed = layers.clone();
-                        let slot = match which {
-                            0 => &mut changed[k].weight_ih[index],
-                            1 => &mut changed[k].weight_hh[index],
-                            _ => &mut changed[k].bias[index],
-                        };
-                        *slot += delta;
-                        probed_loss(&changed, &input, &states, t, b)
-                    };
-                    let numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps as f64);
-                    let analytic = match which {
-                        0 => gradients[k].weight_ih[index],
-                        1 => gradients[k].weight_hh[index],
-                        _ => gradients[k].bias[index],
-                    };
-                    check(
-                        analytic,
-                        numeric,
-                        &format!("layer {k} tensor {which} [{index}]"),
-                    );
+            for k in 0..layers.len() {
+                for which in 0..4 {
+                    let len = gradient_tensors(&gradients[k])[which].len();
+                    for index in (0..len).step_by(5) {
+                        let numeric = central(1e-2, |delta| {
+                            let mut changed = layers.clone();
+                            tensors_mut(&mut changed[k])[which][index] += delta;
+                            probed_loss(&changed, &input, &states, t, b)
+                        });
+                        let analytic = gradient_tensors(&gradients[k])[which][index];
+                        let what = format!("{cell} layer {k} tensor {which} [{index}]");
+                        assert_close(analytic, numeric, &what);
+                    }
                 }
             }
+            for index in 0..input.len() {
+                let numeric = central(1e-2, |delta| {
+                    let mut changed = input.clone();
+                    changed[index] += delta;
+                    probed_loss(&layers, &changed, &states, t, b)
+                });
+                assert_close(d_input[index], numeric, &format!("{cell} input [{index}]"));
+            }
         }
-        for index in 0..input.len() {
-            let shifted = |delta: f32| {
-                let mut changed = input.clone();
+    }
+
+    #[test]
+    fn head_gradients_match_central_differences() {
+        let (rows, h, vocab) = (5, 4, 7);
+        let head = HeadWeights {
+            weight: values(h * vocab, 1),
+            bias: values(vocab, 2),
+        };
+        let hidden = values(rows * h, 3);
+        let targets = [0, 6, 3, 3, 1];
+        let scale = 0.25;
+        let step = head_loss(&head, &hidden, &targets, scale);
+        let loss = |head: &HeadWeights, hidden: &[f32]| {
+            f64::from(scale) * head_loss(head, hidden, &targets, scale).loss_sum
+        };
+        let exact: f64 = hidden
+            .chunks_exact(h)
+            .zip(&targets)
+            .map(|(x, &target)| {
+                let logits: Vec<f64> = (0..vocab)
+                    .map(|v| {
+                        f64::from(head.bias[v])
+                            + (0..h)
+                                .map(|j| f64::from(x[j]) * f64::from(head.weight[j * vocab + v]))
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let total: f64 = logits.iter().map(|l| l.exp()).sum();
+                total.ln() - logits[target]
+            })
+            .sum();
+        assert!(
+            (step.loss_sum - exact).abs() < 1e-4,
+            "{} vs {exact}",
+            step.loss_sum
+        );
+        for index in 0..head.weight.len() {
+            let numeric = central(1e-2, |delta| {
+                let mut changed = head.clone();
+                changed.weight[index] += delta;
+                loss(&changed, &hidden)
+            });
+            assert_close(
+                step.gradients.weight[index],
+                numeric,
+                &format!("weight [{index}]"),
+            );
+        }
+        for index in 0..vocab {
+            let numeric = central(1e-2, |delta| {
+                let mut changed = head.clone();
+                changed.bias[index] += delta;
+                loss(&changed, &hidden)
+            });
+            assert_close(
+                step.gradients.bias[index],
+                numeric,
+                &format!("bias [{index}]"),
+            );
+        }
+        for index in 0..hidden.len() {
+            let numeric = central(1e-2, |delta| {
+                let mut changed = hidden.clone();
                 changed[index] += delta;
-                probed_loss(&layers, &changed, &states, t, b)
-            };
-            let numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps as f64);
-            check(d_input[index], numeric, &format!("input [{index}]"));
+                loss(&head, &changed)
+            });
+            assert_close(step.d_hidden[index], numeric, &format!("hidden [{index}]"));
         }
     }
 
     #[test]
     fn shards_of_a_batch_add_up_to_the_whole_batch() {
         let (t, b, d_in, h) = (5, 4, 3, 4);
-        let layers = vec![layer(d_in, h, 3)];
-        let state = HostState {
-            hidden: values(b * h, 5),
-            cell: values(b * h, 6),
-        };
-        let input = values(t * b * d_in, 8);
-        let d_output = values(t * b * h, 9);
-        let whole = stack_forward(&layers, input.clone(), std::slice::from_ref(&state), t, b);
-        let (whole_gradients, whole_d_input) =
-            stack_backward(&layers, &whole, d_output.clone(), true);
-        let whole_d_input = whole_d_input.unwrap();
-
-        // Rows 0..1 and 1..4 of every step, run apart.
-        let rows = |data: &[f32], width: usize, range: std::ops::Range<usize>| -> Vec<f32> {
-            (0..t)
-                .flat_map(|step| {
-                    data[(step * b + range.start) * width..(step * b + range.end) * width].to_vec()
-                })
-                .collect()
-        };
-        let mut summed: Option<LstmGradients> = None;
-        for range in [0..1, 1..4] {
-            let n = range.len();
-            let shard_state = HostState {
-                hidden: state.hidden[range.start * h..range.end * h].to_vec(),
-                cell: state.cell[range.start * h..range.end * h].to_vec(),
-            };
-            let tape = stack_forward(
+        for cell in CellKind::ALL {
+            let layers = vec![layer(cell, d_in, h, 3)];
+            let whole_state = state(cell, b * h, 5);
+            let input = values(t * b * d_in, 8);
+            let d_output = values(t * b * h, 9);
+            let whole = stack_forward(
                 &layers,
-                rows(&input, d_in, range.clone()),
-                &[shard_state],
+                input.clone(),
+                std::slice::from_ref(&whole_state),
                 t,
-                n,
+                b,
             );
-            assert_eq!(
-                tape.output(),
-                rows(whole.output(), h, range.clone()).as_slice()
-            );
-            let (gradients, d_input) =
-                stack_backward(&layers, &tape, rows(&d_output, h, range.clone()), true);
-            let d_input = d_input.unwrap();
-            let expected = rows(&whole_d_input, d_in, range.clone());
-            for (a, e) in d_input.iter().zip(&expected) {
-                assert!((a - e).abs() < 1e-6);
+            let (whole_gradients, whole_d_input) =
+                stack_backward(&layers, &whole, d_output.clone(), true);
+            let whole_d_input = whole_d_input.unwrap();
+
+            // Rows 0..1 and 1..4 of every step, run apart.
+            let rows = |data: &[f32], width: usize, range: std::ops::Range<usize>| -> Vec<f32> {
+                (0..t)
+                    .flat_map(|step| {
+                        data[(step * b + range.start) * width..(step * b + range.end) * width]
+                            .to_vec()
+                    })
+                    .collect()
+            };
+            let mut summed: Option<LayerGradients> = None;
+            for range in [0..1, 1..4] {
+                let n = range.len();
+                let span = |v: &Vec<f32>| -> Vec<f32> {
+                    v.get(range.start * h..range.end * h)
+                        .map_or_else(Vec::new, <[f32]>::to_vec)
+                };
+                let shard_state = HostState {
+                    hidden: span(&whole_state.hidden),
+                    cell: span(&whole_state.cell),
+                };
+                let tape = stack_forward(
+                    &layers,
+                    rows(&input, d_in, range.clone()),
+                    &[shard_state],
+                    t,
+                    n,
+                );
+                assert_eq!(
+                    tape.output(),
+                    rows(whole.output(), h, range.clone()).as_slice()
+                );
+                let (gradients, d_input) =
+                    stack_backward(&layers, &tape, rows(&d_output, h, range.clone()), true);
+                let d_input = d_input.unwrap();
+                let expected = rows(&whole_d_input, d_in, range.clone());
+                for (a, e) in d_input.iter().zip(&expected) {
+                    assert!((a - e).abs() < 1e-6, "{cell}: {a} vs {e}");
+                }
+                match &mut summed {
+                    Some(sum) => sum.add(&gradients[0]),
+                    None => summed = Some(gradients[0].clone()),
+                }
             }
-            match &mut summed {
-                Some(sum) => sum.add(&gradients[0]),
-                None => summed = Some(gradients[0].clone()),
+            let summed = summed.unwrap();
+            for (part, whole) in gradient_tensors(&summed)
+                .into_iter()
+                .zip(gradient_tensors(&whole_gradients[0]))
+            {
+                for (a, e) in part.iter().zip(whole) {
+                    assert!((a - e).abs() < 1e-5, "{cell}: {a} vs {e}");
+                }
             }
-        }
-        let summed = summed.unwrap();
-        for (a, e) in summed.weight_hh.iter().zip(&whole_gradients[0].weight_hh) {
-            assert!((a - e).abs() < 1e-5, "{a} vs {e}");
-        }
-        for (a, e) in summed.bias.iter().zip(&whole_gradients[0].bias) {
-            assert!((a - e).abs() < 1e-5, "{a} vs {e}");
         }
     }
 }

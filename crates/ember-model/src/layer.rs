@@ -6,7 +6,7 @@ use burn::nn::Initializer;
 use burn::tensor::activation::{sigmoid, tanh};
 use burn::tensor::{Device, Int, Tensor};
 
-use crate::fused::{LstmWeights, host_values as host};
+use crate::fused::{LayerWeights, host_values as host};
 use crate::{CellKind, LayerState};
 
 /// Configuration to create a [`RecurrentLayer`] with [`RecurrentLayerConfig::init`].
@@ -74,21 +74,17 @@ impl RecurrentLayer {
         self.weight_hh.dims()[0]
     }
 
-    /// The weights as host buffers for the fused kernels ([`crate::fused`]), the two biases
-    /// summed; `None` unless the layer is an LSTM.
-    pub fn lstm_weights(&self) -> Option<LstmWeights> {
-        if self.cell != CellKind::Lstm {
-            return None;
-        }
-        let bias_ih = host(self.bias_ih.val());
-        let bias_hh = host(self.bias_hh.val());
-        Some(LstmWeights {
+    /// The weights as host buffers, for the host kernels of [`crate::fused`].
+    pub fn host_weights(&self) -> LayerWeights {
+        LayerWeights {
+            cell: self.cell,
             weight_ih: host(self.weight_ih.val()),
             weight_hh: host(self.weight_hh.val()),
-            bias: bias_ih.iter().zip(&bias_hh).map(|(a, b)| a + b).collect(),
+            bias_ih: host(self.bias_ih.val()),
+            bias_hh: host(self.bias_hh.val()),
             d_input: self.d_input(),
             d_hidden: self.d_hidden(),
-        })
+        }
     }
 
     /// The input projection `x W_ih + b_ih` of every gate.

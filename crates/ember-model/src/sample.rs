@@ -5,7 +5,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::fused::{HostState, LstmStepper, host_values as host};
+use crate::fused::{HeadWeights, HostState, HostStepper, host_values as host};
 use crate::{CharLm, RecurrentState};
 
 /// How the next character is chosen from the model's distribution.
@@ -57,15 +57,13 @@ pub enum SampleError {
 ///
 /// Created by [`CharLm::sampler`]. The model should be on a device without autodiff (see
 /// [`burn::module::Module::valid`]): sampling records no graph.
-pub struct Sampler<'a> {
-    model: &'a CharLm,
-    state: RecurrentState,
+pub struct Sampler {
     logits: Vec<f32>,
     rng: ChaCha8Rng,
     config: SampleConfig,
-    device: Device,
-    /// The host stepper that replaces Burn for LSTM models after the prime.
-    host: Option<LstmStepper>,
+    /// The model's weights and state on the host, where a batch of one runs faster than
+    /// through Burn's operations.
+    host: HostStepper,
 }
 
 impl CharLm {
@@ -75,7 +73,7 @@ impl CharLm {
         prime: &[usize],
         config: SampleConfig,
         device: &Device,
-    ) -> Result<Sampler<'_>, SampleError> {
+    ) -> Result<Sampler, SampleError> {
         let vocab_size = self.vocab_size();
         if prime.is_empty() {
             return Err(SampleError::EmptyPrime);
@@ -101,45 +99,42 @@ impl CharLm {
         let (logits, state) = self.forward(ids, None);
         let last = logits.slice([0..1, prime.len() - 1..prime.len()]);
         Ok(Sampler {
-            model: self,
-            host: self.lstm_stepper(&state),
-            state,
+            host: self.host_stepper(&state),
             logits: to_vec(last.reshape([vocab_size])),
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             config,
-            device: device.clone(),
         })
     }
 }
 
 impl CharLm {
-    /// The host stepper of an LSTM model, from a one-stream `state`; `None` for other cells.
-    fn lstm_stepper(&self, state: &RecurrentState) -> Option<LstmStepper> {
-        let layers: Option<Vec<_>> = self.rnn.layers.iter().map(|l| l.lstm_weights()).collect();
+    /// The host stepper of this model from a one-stream `state`.
+    fn host_stepper(&self, state: &RecurrentState) -> HostStepper {
         let states = state
             .layers
             .iter()
-            .map(|layer| {
-                Some(HostState {
-                    hidden: host(layer.hidden.clone()),
-                    cell: host(layer.cell.clone()?),
-                })
+            .map(|layer| HostState {
+                hidden: host(layer.hidden.clone()),
+                cell: layer.cell.clone().map_or_else(Vec::new, host),
             })
-            .collect::<Option<Vec<_>>>()?;
-        Some(LstmStepper::new(
+            .collect();
+        HostStepper::new(
             self.embedding.as_ref().map(|e| host(e.weight.val())),
-            layers?,
-            host(self.head.weight.val()),
-            self.head
-                .bias
-                .as_ref()
-                .map_or_else(|| vec![0.0; self.vocab_size()], |b| host(b.val())),
+            self.rnn.layers.iter().map(|l| l.host_weights()).collect(),
+            HeadWeights {
+                weight: host(self.head.weight.val()),
+                bias: self
+                    .head
+                    .bias
+                    .as_ref()
+                    .map_or_else(|| vec![0.0; self.vocab_size()], |b| host(b.val())),
+            },
             states,
-        ))
+        )
     }
 }
 
-impl Sampler<'_> {
+impl Sampler {
     /// The next-character distribution the sampler will draw from, after temperature and top-k.
     pub fn probabilities(&self) -> Vec<f64> {
         let temperature = self.config.temperature;
@@ -180,21 +175,12 @@ impl Sampler<'_> {
     }
 }
 
-impl Iterator for Sampler<'_> {
+impl Iterator for Sampler {
     type Item = usize;
 
     fn next(&mut self) -> Option<usize> {
         let id = self.choose();
-        if let Some(host) = &mut self.host {
-            self.logits = host.step(id);
-            return Some(id);
-        }
-        let input =
-            Tensor::<1, Int>::from_data(TensorData::new(vec![id as i64], [1]), &self.device);
-        let state = self.state.clone();
-        let (logits, state) = self.model.step(input, state);
-        self.state = state;
-        self.logits = to_vec(logits.reshape([self.model.vocab_size()]));
+        self.logits = self.host.step(id);
         Some(id)
     }
 }
@@ -216,41 +202,38 @@ mod tests {
     use super::*;
     use crate::{CellKind, CharLmConfig};
 
-    /// The host stepper gives Burn's logits, step after step, with and without an embedding.
+    /// The host stepper gives Burn's logits, step after step, for every cell, with and without
+    /// an embedding.
     #[test]
     fn the_host_stepper_follows_the_model() {
         let device = Device::flex();
-        for d_embed in [0, 8] {
-            let model = CharLmConfig::new(13, CellKind::Lstm, 16)
-                .with_num_layers(2)
-                .with_d_embed(d_embed)
-                .init(&device);
-            let sampler = model
-                .sampler(&[3, 1, 4], SampleConfig::new(), &device)
-                .unwrap();
-            let mut host = sampler.host.clone().expect("an LSTM samples on the host");
-            let mut state = sampler.state.clone();
-            for t in 0..40 {
-                let id = (t * 5 + 2) % 13;
-                let input =
-                    Tensor::<1, Int>::from_data(TensorData::new(vec![id as i64], [1]), &device);
-                let (logits, next) = model.step(input, state);
-                state = next;
-                let expected = to_vec(logits.reshape([13]));
-                for (a, e) in host.step(id).iter().zip(&expected) {
-                    assert!(
-                        (a - e).abs() < 1e-5,
-                        "d_embed {d_embed}, step {t}: {a} vs {e}"
-                    );
+        for cell in CellKind::ALL {
+            for d_embed in [0, 8] {
+                let model = CharLmConfig::new(13, cell, 16)
+                    .with_num_layers(2)
+                    .with_d_embed(d_embed)
+                    .init(&device);
+                let prime = [3, 1, 4];
+                let sampler = model.sampler(&prime, SampleConfig::new(), &device).unwrap();
+                let mut host = sampler.host.clone();
+                let ids =
+                    Tensor::<2, Int>::from_data(TensorData::new(vec![3i64, 1, 4], [1, 3]), &device);
+                let mut state = model.forward(ids, None).1;
+                for t in 0..40 {
+                    let id = (t * 5 + 2) % 13;
+                    let input =
+                        Tensor::<1, Int>::from_data(TensorData::new(vec![id as i64], [1]), &device);
+                    let (logits, next) = model.step(input, state);
+                    state = next;
+                    let expected = to_vec(logits.reshape([13]));
+                    for (a, e) in host.step(id).iter().zip(&expected) {
+                        assert!(
+                            (a - e).abs() < 1e-5,
+                            "{cell}, d_embed {d_embed}, step {t}: {a} vs {e}"
+                        );
+                    }
                 }
             }
         }
-        let gru = CharLmConfig::new(5, CellKind::Gru, 4).init(&device);
-        assert!(
-            gru.sampler(&[1], SampleConfig::new(), &device)
-                .unwrap()
-                .host
-                .is_none()
-        );
     }
 }

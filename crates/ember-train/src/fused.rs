@@ -1,4 +1,4 @@
-//! The fused training step of an LSTM character model: the whole step (embedding, recurrent
+//! The fused training step of a character model: the whole step (embedding, recurrent
 //! stack, head and loss, forward and backward) runs through the host kernels of
 //! [`ember_model::fused`], one batch shard per thread of the pool Burn's CPU backends use.
 //!
@@ -17,19 +17,15 @@ use burn::module::Param;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ember_model::fused::{
-    HeadGradients, HeadWeights, HostState, LstmGradients, LstmWeights, head_loss,
+    HeadGradients, HeadWeights, HostState, LayerGradients, LayerWeights, head_loss,
     host_values as host, stack_backward, stack_forward,
 };
-use ember_model::{CellKind, CharLm, LayerState, RecurrentState};
+use ember_model::{CharLm, LayerState, RecurrentState};
 
-/// Whether `model` can train through the fused kernels: LSTM layers and no dropout between them.
+/// Whether `model` can train through the fused kernels: any cell, and no dropout between the
+/// layers.
 pub fn supports(model: &CharLm) -> bool {
-    model
-        .rnn
-        .layers
-        .iter()
-        .all(|layer| layer.cell == CellKind::Lstm)
-        && model.rnn.dropout.prob == 0.0
+    model.rnn.dropout.prob == 0.0
 }
 
 /// The loss, the gradients of every parameter and the final state of one training chunk.
@@ -45,7 +41,7 @@ pub struct FusedStep {
 /// What one shard of the batch computes.
 struct ShardStep {
     loss_sum: f64,
-    layers: Vec<LstmGradients>,
+    layers: Vec<LayerGradients>,
     head: HeadGradients,
     /// The embedding table's gradient, `[vocab_size, d_embed]`, for models with an embedding.
     embedding: Option<Vec<f32>>,
@@ -108,15 +104,11 @@ pub fn fused_step(
     threads: usize,
 ) -> FusedStep {
     let [batch, seq_len] = ids.dims();
-    let layers: Vec<LstmWeights> = model
+    let layers: Vec<LayerWeights> = model
         .rnn
         .layers
         .iter()
-        .map(|layer| {
-            layer
-                .lstm_weights()
-                .expect("the fused path trains LSTM layers")
-        })
+        .map(|layer| layer.host_weights())
         .collect();
     let head = HeadWeights {
         weight: host(model.head.weight.val()),
@@ -135,10 +127,7 @@ pub fn fused_step(
     let states: Vec<(Vec<f32>, Vec<f32>)> = state
         .layers
         .into_iter()
-        .map(|layer| {
-            let cell = layer.cell.expect("an LSTM state has a cell vector");
-            (host(layer.hidden), host(cell))
-        })
+        .map(|layer| (host(layer.hidden), layer.cell.map_or_else(Vec::new, host)))
         .collect();
     let scale = 1.0 / (batch * seq_len) as f32;
 
@@ -168,7 +157,7 @@ pub fn fused_step(
                     let span = rows.start * layer.d_hidden..rows.end * layer.d_hidden;
                     HostState {
                         hidden: hidden[span.clone()].to_vec(),
-                        cell: cell[span].to_vec(),
+                        cell: cell.get(span).map_or_else(Vec::new, <[f32]>::to_vec),
                     }
                 })
                 .collect();
@@ -215,8 +204,8 @@ pub fn fused_step(
     for (layer, computed) in model.rnn.layers.iter().zip(sum.layers) {
         register_2d(&mut gradients, &layer.weight_ih, computed.weight_ih);
         register_2d(&mut gradients, &layer.weight_hh, computed.weight_hh);
-        register_1d(&mut gradients, &layer.bias_ih, computed.bias.clone());
-        register_1d(&mut gradients, &layer.bias_hh, computed.bias);
+        register_1d(&mut gradients, &layer.bias_ih, computed.bias_ih);
+        register_1d(&mut gradients, &layer.bias_hh, computed.bias_hh);
     }
     register_2d(&mut gradients, &model.head.weight, sum.head.weight);
     if let Some(bias) = &model.head.bias {
@@ -230,19 +219,22 @@ pub fn fused_step(
         .iter()
         .enumerate()
         .map(|(k, layer)| {
+            let has_cell = layer.cell.has_cell_state();
             let mut hidden = vec![0.0; batch * layer.d_hidden];
-            let mut cell = vec![0.0; batch * layer.d_hidden];
+            let mut cell = vec![0.0; if has_cell { batch * layer.d_hidden } else { 0 }];
             for (shard, rows) in final_states.iter().zip(&ranges) {
                 let span = rows.start * layer.d_hidden..rows.end * layer.d_hidden;
                 hidden[span.clone()].copy_from_slice(&shard[k].hidden);
-                cell[span].copy_from_slice(&shard[k].cell);
+                if has_cell {
+                    cell[span].copy_from_slice(&shard[k].cell);
+                }
             }
             let tensor = |values| {
                 Tensor::<2>::from_data(TensorData::new(values, [batch, layer.d_hidden]), device)
             };
             LayerState {
                 hidden: tensor(hidden),
-                cell: Some(tensor(cell)),
+                cell: has_cell.then(|| tensor(cell)),
             }
         })
         .collect();
@@ -259,7 +251,7 @@ pub fn fused_step(
 mod tests {
     use super::*;
     use burn::module::{Module, ModuleVisitor};
-    use ember_model::CharLmConfig;
+    use ember_model::{CellKind, CharLmConfig};
 
     /// Every parameter's gradient, by parameter id, read from `gradients`.
     fn by_param(model: &CharLm, gradients: &GradientsParams) -> Vec<(String, Vec<f32>)> {
@@ -291,14 +283,15 @@ mod tests {
         Tensor::from_data(TensorData::new(values, [batch, seq_len]), device)
     }
 
-    /// The fused step gives the plain path's loss, gradients and final state, with an embedding
-    /// and with one-hot inputs, from a zero and from a carried state, on 1 and 3 threads.
+    /// The fused step gives the plain path's loss, gradients and final state, for every cell,
+    /// with an embedding and with one-hot inputs, from a zero and from a carried state, on 1 and
+    /// 3 threads.
     #[test]
     fn the_fused_step_equals_the_plain_path() {
         let device = Device::flex().autodiff();
-        for d_embed in [0, 5] {
+        for (cell, d_embed) in CellKind::ALL.into_iter().flat_map(|c| [(c, 0), (c, 5)]) {
             device.seed(3);
-            let model = CharLmConfig::new(11, CellKind::Lstm, 6)
+            let model = CharLmConfig::new(11, cell, 6)
                 .with_num_layers(2)
                 .with_d_embed(d_embed)
                 .init(&device);
@@ -327,7 +320,7 @@ mod tests {
                     for (a, b) in p.iter().zip(&f) {
                         assert!(
                             (a - b).abs() < 1e-5 * (1.0 + a.abs()),
-                            "d_embed {d_embed}, {shape}: plain {a} fused {b}"
+                            "{cell}, d_embed {d_embed}, {shape}: plain {a} fused {b}"
                         );
                     }
                 }
