@@ -20,7 +20,7 @@ use crate::CellKind;
 
 mod gemm;
 mod pool;
-use gemm::matmul;
+use gemm::{Packed, Right, matmul};
 
 /// A float tensor's values, row-major, as `f32` host memory.
 pub fn host_values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
@@ -172,17 +172,6 @@ impl StackTape {
     }
 }
 
-/// `data` (`[rows, cols]`, row-major) transposed, in a reused buffer.
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = pool::zeros(data.len());
-    for (r, row) in data.chunks_exact(cols).enumerate().take(rows) {
-        for (c, &value) in row.iter().enumerate() {
-            out[c * rows + r] = value;
-        }
-    }
-    out
-}
-
 /// Column sums of `data` (`[rows, width]`).
 fn column_sums(data: &[f32], width: usize) -> Vec<f32> {
     let mut sums = vec![0.0; width];
@@ -202,14 +191,18 @@ fn exp(x: f32) -> f32 {
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer in any float unit.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2_E + ROUND) - ROUND;
+    let shifted = x * LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN_2_HI - n * LN_2_LO;
     // Taylor series of e^r to r^6: below 2e-7 relative error for |r| <= ln(2) / 2.
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from the bits: the low bits of `shifted + 127` hold n + 127 (1 to 254 after the
+    // clamp), and shifting them into the exponent field drops the rest. A float-to-integer
+    // conversion here would not vectorize.
+    p * f32::from_bits((shifted + 127.0).to_bits() << 23)
 }
 
 #[inline(always)]
@@ -281,7 +274,7 @@ fn layer_forward_portable(
     let rows = seq_len * batch;
     let width = batch * h;
     let bias = weights.input_bias();
-    let mut gates = pool::zeros(rows * g);
+    let mut gates = pool::scratch(rows * g);
     for row in gates.chunks_exact_mut(g) {
         row.copy_from_slice(&bias);
     }
@@ -289,27 +282,28 @@ fn layer_forward_portable(
         (rows, d_in, g),
         &input,
         (d_in, 1),
-        &weights.weight_ih,
-        g,
+        Right::Rows(&weights.weight_ih, g),
         true,
         &mut gates,
     );
-    let mut hiddens = pool::zeros((seq_len + 1) * width);
+    let mut hiddens = pool::scratch((seq_len + 1) * width);
     hiddens[..width].copy_from_slice(&state.hidden);
     let mut cells = Vec::new();
     if weights.cell == CellKind::Lstm {
-        cells = pool::zeros((seq_len + 1) * width);
+        cells = pool::scratch((seq_len + 1) * width);
         cells[..width].copy_from_slice(&state.cell);
     }
     let mut per_step = match weights.cell {
         CellKind::Rnn => Vec::new(),
-        CellKind::Lstm | CellKind::Gru => pool::zeros(rows * h),
+        CellKind::Lstm | CellKind::Gru => pool::scratch(rows * h),
     };
     // GRU: a step's hidden projection, kept apart from the input's for the reset gate to scale.
     let mut projected = match weights.cell {
-        CellKind::Gru => pool::zeros(batch * g),
+        CellKind::Gru => pool::scratch(batch * g),
         _ => Vec::new(),
     };
+    // Read once per step: packed once per chunk.
+    let recurrent = Packed::new(&weights.weight_hh, (g, 1), h, g);
     for t in 0..seq_len {
         let step_gates = &mut gates[t * batch * g..(t + 1) * batch * g];
         let (done, next) = hiddens.split_at_mut((t + 1) * width);
@@ -322,8 +316,7 @@ fn layer_forward_portable(
                     (batch, h, g),
                     previous,
                     (h, 1),
-                    &weights.weight_hh,
-                    g,
+                    Right::Packed(&recurrent),
                     true,
                     step_gates,
                 );
@@ -336,8 +329,7 @@ fn layer_forward_portable(
                     (batch, h, g),
                     previous,
                     (h, 1),
-                    &weights.weight_hh,
-                    g,
+                    Right::Packed(&recurrent),
                     true,
                     step_gates,
                 );
@@ -359,8 +351,7 @@ fn layer_forward_portable(
                     (batch, h, g),
                     previous,
                     (h, 1),
-                    &weights.weight_hh,
-                    g,
+                    Right::Packed(&recurrent),
                     true,
                     &mut projected,
                 );
@@ -401,7 +392,11 @@ fn lstm_step(
     for (row, gate_row) in gates.chunks_exact_mut(4 * h).enumerate() {
         let (sigmoid_if, rest) = gate_row.split_at_mut(2 * h);
         let (candidate, out) = rest.split_at_mut(h);
-        for v in sigmoid_if.iter_mut().chain(out.iter_mut()) {
+        // Separate loops: a chained iterator does not vectorize.
+        for v in sigmoid_if.iter_mut() {
+            *v = sigmoid(*v);
+        }
+        for v in out.iter_mut() {
             *v = sigmoid(*v);
         }
         for v in candidate.iter_mut() {
@@ -409,10 +404,11 @@ fn lstm_step(
         }
         let (i, f) = sigmoid_if.split_at(h);
         let span = row * h..(row + 1) * h;
-        let cells_row = &mut cells[span.clone()];
-        let tanh_row = &mut tanh_cells[span.clone()];
-        let hidden_row = &mut hidden[span.clone()];
-        let previous_row = &previous_cells[span];
+        let cells_row = &mut cells[span.clone()][..h];
+        let tanh_row = &mut tanh_cells[span.clone()][..h];
+        let hidden_row = &mut hidden[span.clone()][..h];
+        let previous_row = &previous_cells[span][..h];
+        let (i, f, candidate, out) = (&i[..h], &f[..h], &candidate[..h], &out[..h]);
         for j in 0..h {
             let cell = f[j] * previous_row[j] + i[j] * candidate[j];
             let tanh_cell = tanh(cell);
@@ -491,11 +487,11 @@ fn layer_backward_portable(
     let width = batch * h;
     let rows = seq_len * batch;
     // The gradient of every step's input projection, gate by gate.
-    let mut d_gates = pool::zeros(rows * g);
+    let mut d_gates = pool::scratch(rows * g);
     // GRU: the gradient of the hidden projection, which differs from the input projection's in
     // the candidate block (the reset gate scales it).
     let mut d_projected = match weights.cell {
-        CellKind::Gru => pool::zeros(rows * g),
+        CellKind::Gru => pool::scratch(rows * g),
         _ => Vec::new(),
     };
     let mut d_hidden = vec![0.0; width];
@@ -503,7 +499,8 @@ fn layer_backward_portable(
         CellKind::Lstm => vec![0.0; width],
         _ => Vec::new(),
     };
-    let weight_hh_t = transpose(&weights.weight_hh, h, g);
+    // W_hh^T, read once per step.
+    let recurrent_t = Packed::new(&weights.weight_hh, (1, g), g, h);
     for t in (0..seq_len).rev() {
         let gate_span = t * batch * g..(t + 1) * batch * g;
         let span = t * width..(t + 1) * width;
@@ -554,13 +551,11 @@ fn layer_backward_portable(
             (batch, g, h),
             d_recurrent,
             (g, 1),
-            &weight_hh_t,
-            h,
+            Right::Packed(&recurrent_t),
             accumulate,
             &mut d_hidden,
         );
     }
-    pool::recycle(weight_hh_t);
     let d_recurrent = match weights.cell {
         CellKind::Gru => &d_projected,
         _ => &d_gates,
@@ -572,41 +567,43 @@ fn layer_backward_portable(
         bias_hh: column_sums(d_recurrent, g),
     };
     // W_ih' = X^T dG, W_hh' = H_prev^T dG over every step at once.
+    let d_gates_packed = Packed::new(&d_gates, (g, 1), rows, g);
     matmul(
         (d_in, rows, g),
         &tape.input,
         (1, d_in),
-        &d_gates,
-        g,
+        Right::Packed(&d_gates_packed),
         false,
         &mut gradients.weight_ih,
     );
+    let d_recurrent_packed = match weights.cell {
+        CellKind::Gru => Some(Packed::new(d_recurrent, (g, 1), rows, g)),
+        _ => None,
+    };
     matmul(
         (h, rows, g),
         &tape.hiddens[..rows * h],
         (1, h),
-        d_recurrent,
-        g,
+        Right::Packed(d_recurrent_packed.as_ref().unwrap_or(&d_gates_packed)),
         false,
         &mut gradients.weight_hh,
     );
+    drop((d_gates_packed, d_recurrent_packed));
     pool::recycle(d_projected);
     if !input_gradient {
         pool::recycle(d_gates);
         return (gradients, None);
     }
-    let mut d_input = pool::zeros(rows * d_in);
-    let weight_ih_t = transpose(&weights.weight_ih, d_in, g);
+    let mut d_input = pool::scratch(rows * d_in);
+    let weight_ih_t = Packed::new(&weights.weight_ih, (1, g), g, d_in);
     matmul(
         (rows, g, d_in),
         &d_gates,
         (g, 1),
-        &weight_ih_t,
-        d_in,
+        Right::Packed(&weight_ih_t),
         false,
         &mut d_input,
     );
-    pool::recycle(weight_ih_t);
     pool::recycle(d_gates);
     (gradients, Some(d_input))
 }
@@ -798,7 +795,7 @@ fn head_loss_portable(
     let d_hidden = head.weight.len() / vocab;
     let rows = targets.len();
     assert_eq!(hidden.len(), rows * d_hidden, "one target per row");
-    let mut d_logits = pool::zeros(rows * vocab);
+    let mut d_logits = pool::scratch(rows * vocab);
     for row in d_logits.chunks_exact_mut(vocab) {
         row.copy_from_slice(&head.bias);
     }
@@ -806,8 +803,7 @@ fn head_loss_portable(
         (rows, d_hidden, vocab),
         hidden,
         (d_hidden, 1),
-        &head.weight,
-        vocab,
+        Right::Rows(&head.weight, vocab),
         true,
         &mut d_logits,
     );
@@ -837,8 +833,7 @@ fn head_loss_portable(
         (d_hidden, rows, vocab),
         hidden,
         (1, d_hidden),
-        &d_logits,
-        vocab,
+        Right::Rows(&d_logits, vocab),
         false,
         &mut weight,
     );
@@ -846,18 +841,16 @@ fn head_loss_portable(
     for row in d_logits.chunks_exact(vocab) {
         bias.iter_mut().zip(row).for_each(|(sum, d)| *sum += d);
     }
-    let weight_t = transpose(&head.weight, d_hidden, vocab);
-    let mut d_hidden_values = pool::zeros(rows * d_hidden);
+    let weight_t = Packed::new(&head.weight, (1, vocab), vocab, d_hidden);
+    let mut d_hidden_values = pool::scratch(rows * d_hidden);
     matmul(
         (rows, vocab, d_hidden),
         &d_logits,
         (vocab, 1),
-        &weight_t,
-        d_hidden,
+        Right::Packed(&weight_t),
         false,
         &mut d_hidden_values,
     );
-    pool::recycle(weight_t);
     pool::recycle(d_logits);
     HeadStep {
         loss_sum,
@@ -919,8 +912,7 @@ fn add_vector_matrix(out: &mut [f32], x: &[f32], w: &[f32]) {
         (1, x.len(), out.len()),
         x,
         (x.len(), 1),
-        w,
-        out.len(),
+        Right::Rows(w, out.len()),
         true,
         out,
     );

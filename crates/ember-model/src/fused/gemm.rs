@@ -2,56 +2,159 @@
 //!
 //! Their operands are small and oddly shaped (a shard of 16 rows times a `[128, 512]` recurrent
 //! weight, once per step), and they run on threads of their own, one batch shard each. A general
-//! library product packs both operands on every call and may start threads of its own; here, on
-//! CPUs with AVX-512, a register tile of `ROWS x 64` reads `a` in place through its strides and
-//! `b` row by row, with masked loads at the right edge, so nothing is copied and no thread is
-//! started. Elsewhere the product goes to `matrixmultiply`.
+//! library product packs both operands on every call and may start threads of its own. Here, on
+//! CPUs with AVX-512, a register tile of up to `6 x 64` reads the left operand in place through
+//! its strides and the right one from panels of 64 columns, each contiguous, with masked loads
+//! and stores at the right edge. A right operand used many times (a recurrent weight, once per
+//! step) is packed once by the caller; any other is packed per call when enough rows share it.
+//! No thread is started. Elsewhere the products go to `matrixmultiply`.
+
+use super::pool;
+
+/// Columns per panel of a packed right operand: the width of a register tile.
+const PANEL: usize = 64;
+
+/// Whether this CPU runs the AVX-512 tiles.
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
+/// A right operand `[k, n]` laid out for the products: on CPUs with AVX-512, panels of 64
+/// columns, each `[k, 64]` and contiguous, the last one padded with zeros; elsewhere row-major.
+#[derive(Debug)]
+pub(crate) struct Packed {
+    data: Vec<f32>,
+    k: usize,
+    n: usize,
+    panels: bool,
+}
+
+impl Packed {
+    /// Packs `b` (`[k, n]`, read through its strides).
+    pub(crate) fn new(b: &[f32], (row, col): (usize, usize), k: usize, n: usize) -> Packed {
+        assert!(k * n == 0 || (k - 1) * row + (n - 1) * col < b.len());
+        let panels = has_avx512();
+        let mut data;
+        if panels {
+            // The padding of the last panel is never read: the tiles mask it.
+            data = pool::scratch(n.div_ceil(PANEL) * PANEL * k);
+            for (panel, chunk) in data.chunks_exact_mut(PANEL * k).enumerate() {
+                let j0 = panel * PANEL;
+                let width = (n - j0).min(PANEL);
+                for (p, out) in chunk.chunks_exact_mut(PANEL).enumerate() {
+                    let out = &mut out[..width];
+                    if col == 1 {
+                        out.copy_from_slice(&b[p * row + j0..p * row + j0 + width]);
+                    } else {
+                        for (j, value) in out.iter_mut().enumerate() {
+                            *value = b[p * row + (j0 + j) * col];
+                        }
+                    }
+                }
+            }
+        } else {
+            data = pool::scratch(k * n);
+            for (p, out) in data.chunks_exact_mut(n.max(1)).enumerate().take(k) {
+                for (j, value) in out.iter_mut().enumerate() {
+                    *value = b[p * row + j * col];
+                }
+            }
+        }
+        Packed { data, k, n, panels }
+    }
+}
+
+impl Drop for Packed {
+    fn drop(&mut self) {
+        pool::recycle(std::mem::take(&mut self.data));
+    }
+}
+
+/// The right operand of a product.
+#[derive(Clone, Copy)]
+pub(crate) enum Right<'a> {
+    /// Row-major `[k, n]` with this row stride; its columns are contiguous.
+    Rows(&'a [f32], usize),
+    /// Packed ahead, for products that reuse it.
+    Packed(&'a Packed),
+}
+
+/// Rows of the left operand from which packing a row-major right operand per call pays.
+const PACK_FROM_ROWS: usize = 24;
 
 /// `c = a b`, or `c += a b` if `accumulate`, for `a: [m, k]` read through `a_strides` (row
-/// stride, column stride), `b: [k, n]` read through its row stride `b_row_stride` (its columns
-/// are contiguous) and row-major `c: [m, n]`.
-#[allow(clippy::too_many_arguments)]
+/// stride, column stride) and row-major `c: [m, n]`.
 pub(crate) fn matmul(
     (m, k, n): (usize, usize, usize),
     a: &[f32],
     a_strides: (usize, usize),
-    b: &[f32],
-    b_row_stride: usize,
+    b: Right<'_>,
     accumulate: bool,
     c: &mut [f32],
 ) {
-    let last = |(rows, cols): (usize, usize), (rs, cs): (usize, usize)| {
-        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
-    };
-    assert!(m * k == 0 || last((m, k), a_strides) < a.len());
-    assert!(k * n == 0 || last((k, n), (b_row_stride, 1)) < b.len());
+    assert!(m * k == 0 || (m - 1) * a_strides.0 + (k - 1) * a_strides.1 < a.len());
     assert!(c.len() >= m * n);
+    if let Right::Packed(packed) = b {
+        assert_eq!((packed.k, packed.n), (k, n), "the packed operand's shape");
+    }
+    if let Right::Rows(b, row) = b {
+        assert!(k * n == 0 || (k - 1) * row + n - 1 < b.len());
+    }
     if m * n == 0 {
         return;
     }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    if let (Right::Rows(values, row), true) = (b, m >= PACK_FROM_ROWS && has_avx512()) {
+        let packed = Packed::new(values, (row, 1), k, n);
+        return matmul(
+            (m, k, n),
+            a,
+            a_strides,
+            Right::Packed(&packed),
+            accumulate,
+            c,
+        );
+    }
+    let (b_values, b_row, panels) = match b {
+        Right::Rows(values, row) => (values, row, false),
+        Right::Packed(packed) => (&packed.data[..], n, packed.panels),
+    };
     #[cfg(target_arch = "x86_64")]
-    if k > 0 && std::is_x86_feature_detected!("avx512f") {
+    if has_avx512() {
+        let source = if panels {
+            avx512::Source::Panels(PANEL * k)
+        } else {
+            avx512::Source::Rows(b_row)
+        };
         // SAFETY: the CPU has AVX-512F, and the asserts above keep every element the strides
-        // reach inside its slice.
+        // reach inside its slice (panels are padded to whole panels).
         unsafe {
             avx512::matmul(
                 (m, k, n),
                 a.as_ptr(),
                 a_strides,
-                b.as_ptr(),
-                b_row_stride,
+                b_values.as_ptr(),
+                source,
                 accumulate,
                 c.as_mut_ptr(),
             );
         }
         return;
     }
-    portable((m, k, n), a, a_strides, b, b_row_stride, accumulate, c);
+    assert!(!panels, "panels are packed for AVX-512 only");
+    portable((m, k, n), a, a_strides, b_values, b_row, accumulate, c);
 }
 
 /// [`matmul`] through `matrixmultiply`, for CPUs without AVX-512 (and the tests' reference).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn portable(
+fn portable(
     (m, k, n): (usize, usize, usize),
     a: &[f32],
     a_strides: (usize, usize),
@@ -85,31 +188,41 @@ pub(crate) fn portable(
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use super::PANEL;
+
     /// Rows of `c` a tile holds.
     const ROWS: usize = 6;
     /// Vectors of 16 columns a tile holds: 6 x 4 accumulators, 4 loads of `b` and a broadcast of
     /// `a` fill 29 of the 32 vector registers.
-    const VECTORS: usize = 4;
-    const COLUMNS: usize = 16 * VECTORS;
+    const VECTORS: usize = PANEL / 16;
     /// Steps of `k` per pass over `c`, so that the `[DEPTH, 64]` block of `b` the row tiles share
     /// stays in the L1 cache.
     const DEPTH: usize = 128;
 
+    /// Where the right operand's rows are.
+    #[derive(Clone, Copy)]
+    pub(super) enum Source {
+        /// Row-major with this row stride.
+        Rows(usize),
+        /// Panels of 64 columns, each `[k, 64]` and this many values long.
+        Panels(usize),
+    }
+
     /// # Safety
-    /// The CPU has AVX-512F, `k > 0`, and `a`, `b`, `c` hold every element the shapes and
-    /// strides reach.
+    /// The CPU has AVX-512F, `k > 0`, and `a`, `b`, `c` hold every element the shapes, strides
+    /// and panels reach.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn matmul(
         (m, k, n): (usize, usize, usize),
         a: *const f32,
         (a_row, a_col): (usize, usize),
         b: *const f32,
-        b_row: usize,
+        source: Source,
         accumulate: bool,
         c: *mut f32,
     ) {
-        for j0 in (0..n).step_by(COLUMNS) {
-            let width = (n - j0).min(COLUMNS);
+        for j0 in (0..n).step_by(PANEL) {
+            let width = (n - j0).min(PANEL);
             let masks: [__mmask16; VECTORS] = std::array::from_fn(|v| {
                 let left = width.saturating_sub(16 * v).min(16);
                 ((1u32 << left) - 1) as __mmask16
@@ -117,6 +230,10 @@ mod avx512 {
             for p0 in (0..k).step_by(DEPTH) {
                 let depth = (k - p0).min(DEPTH);
                 let add = accumulate || p0 > 0;
+                let (b_block, b_row) = match source {
+                    Source::Rows(row) => (p0 * row + j0, row),
+                    Source::Panels(length) => (j0 / PANEL * length + p0 * PANEL, PANEL),
+                };
                 let mut i0 = 0;
                 while i0 < m {
                     let rows = (m - i0).min(ROWS);
@@ -127,7 +244,7 @@ mod avx512 {
                             a: a.add(i0 * a_row + p0 * a_col),
                             a_row,
                             a_col,
-                            b: b.add(p0 * b_row + j0),
+                            b: b.add(b_block),
                             b_row,
                             add,
                             c: c.add(i0 * n + j0),
@@ -236,8 +353,8 @@ mod tests {
             .collect()
     }
 
-    /// Every shape at the tile edges, every layout of `a`, with and without accumulation,
-    /// against a sum in `f64`.
+    /// Every shape at the tile edges, every layout of `a` and `b`, with and without
+    /// accumulation, against a sum in `f64`.
     #[test]
     fn products_match_a_double_precision_sum() {
         let sizes = [1, 2, 5, 6, 7, 13, 16, 17, 63, 64, 65, 130];
@@ -254,8 +371,21 @@ mod tests {
                     let b = values(k * b_row, case + 1000);
                     let start = values(m * n, case + 2000);
                     let a_strides = if transposed { (1, m) } else { (k, 1) };
-                    let mut c = start.clone();
-                    matmul((m, k, n), &a, a_strides, &b, b_row, accumulate, &mut c);
+                    let product = |right: Right<'_>| {
+                        let mut c = start.clone();
+                        matmul((m, k, n), &a, a_strides, right, accumulate, &mut c);
+                        c
+                    };
+                    let in_place = product(Right::Rows(&b, b_row));
+                    let packed = product(Right::Packed(&Packed::new(&b, (b_row, 1), k, n)));
+                    // The same operand packed from its transpose, as the backward passes do.
+                    let mut b_t = vec![0.0; n * k];
+                    for p in 0..k {
+                        for j in 0..n {
+                            b_t[j * k + p] = b[p * b_row + j];
+                        }
+                    }
+                    let from_transpose = product(Right::Packed(&Packed::new(&b_t, (1, k), k, n)));
                     let mut reference = start.clone();
                     portable(
                         (m, k, n),
@@ -280,9 +410,13 @@ mod tests {
                                     0.0
                                 };
                             let tolerance = 1e-5 * (k as f64).sqrt() * (1.0 + exact.abs());
-                            for (what, got) in
-                                [("matmul", c[i * n + j]), ("portable", reference[i * n + j])]
-                            {
+                            let index = i * n + j;
+                            for (what, got) in [
+                                ("in place", in_place[index]),
+                                ("packed", packed[index]),
+                                ("packed from the transpose", from_transpose[index]),
+                                ("portable", reference[index]),
+                            ] {
                                 assert!(
                                     (got as f64 - exact).abs() < tolerance,
                                     "{what} m {m} n {n} k {k} transposed {transposed} \
@@ -292,6 +426,43 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+}
+#[cfg(test)]
+mod speed {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn gflops() {
+        for &(m, k, n, name) in &[
+            (16, 128, 512, "step h128"),
+            (16, 512, 2048, "step h512"),
+            (128, 1024, 512, "wgrad h128"),
+            (1024, 512, 128, "dx h128"),
+            (1024, 64, 512, "proj e64"),
+            (512, 1024, 2048, "wgrad h512"),
+        ] {
+            let a = vec![0.5f32; m * k];
+            let b = vec![0.25f32; k * n];
+            let mut c = vec![0.0f32; m * n];
+            let reps = (2e9 / (2.0 * (m * k * n) as f64)).max(1.0) as usize;
+            let packed = Packed::new(&b, (n, 1), k, n);
+            for (label, f) in [("tile", 0), ("packed", 1), ("mm", 2)] {
+                let start = std::time::Instant::now();
+                for _ in 0..reps {
+                    match f {
+                        0 => matmul((m, k, n), &a, (k, 1), Right::Rows(&b, n), true, &mut c),
+                        1 => matmul((m, k, n), &a, (k, 1), Right::Packed(&packed), true, &mut c),
+                        _ => portable((m, k, n), &a, (k, 1), &b, n, true, &mut c),
+                    }
+                }
+                let secs = start.elapsed().as_secs_f64();
+                println!(
+                    "{name} {label}: {:.1} GFLOP/s",
+                    2.0 * (m * k * n * reps) as f64 / secs / 1e9
+                );
             }
         }
     }
