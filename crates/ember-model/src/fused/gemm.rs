@@ -24,7 +24,7 @@ fn has_avx512() -> bool {
 
 /// A right operand `[k, n]` laid out for the products: on CPUs with AVX-512, panels of 64
 /// columns, each `[k, 64]` and contiguous, the last one padded with zeros; elsewhere row-major.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Packed {
     data: Vec<f32>,
     k: usize,
@@ -288,12 +288,56 @@ mod avx512 {
             // SAFETY: the caller's contract.
             unsafe {
                 match rows {
-                    1 => self.run::<1, V>(),
+                    1 => self.run_one_row::<V>(),
                     2 => self.run::<2, V>(),
                     3 => self.run::<3, V>(),
                     4 => self.run::<4, V>(),
                     5 => self.run::<5, V>(),
                     _ => self.run::<6, V>(),
+                }
+            }
+        }
+
+        /// A tile of one row (a vector times a matrix, as in sampling): four partial sums per
+        /// vector over interleaved steps of `k`, since a single chain of fused multiply-adds per
+        /// vector would wait on its own latency at every step.
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        unsafe fn run_one_row<const V: usize>(&self) {
+            const CHAINS: usize = 4;
+            let mut sums = [[_mm512_setzero_ps(); V]; CHAINS];
+            // SAFETY (both closures and their calls): as in `run`.
+            let step = |p: usize, chain: &mut [__m512; V]| unsafe {
+                let b_row = self.b.add(p * self.b_row);
+                let a = _mm512_set1_ps(*self.a.add(p * self.a_col));
+                for (v, sum) in chain.iter_mut().enumerate() {
+                    let b = _mm512_maskz_loadu_ps(self.masks[v], b_row.add(16 * v));
+                    *sum = _mm512_fmadd_ps(a, b, *sum);
+                }
+            };
+            let whole = self.depth / CHAINS * CHAINS;
+            for p0 in (0..whole).step_by(CHAINS) {
+                for (offset, chain) in sums.iter_mut().enumerate() {
+                    step(p0 + offset, chain);
+                }
+            }
+            for p in whole..self.depth {
+                step(p, &mut sums[0]);
+            }
+            for v in 0..V {
+                let total = _mm512_add_ps(
+                    _mm512_add_ps(sums[0][v], sums[1][v]),
+                    _mm512_add_ps(sums[2][v], sums[3][v]),
+                );
+                // SAFETY: as in `run`.
+                unsafe {
+                    let target = self.c.add(16 * v);
+                    let value = if self.add {
+                        _mm512_add_ps(total, _mm512_maskz_loadu_ps(self.masks[v], target))
+                    } else {
+                        total
+                    };
+                    _mm512_mask_storeu_ps(target, self.masks[v], value);
                 }
             }
         }
@@ -426,43 +470,6 @@ mod tests {
                         }
                     }
                 }
-            }
-        }
-    }
-}
-#[cfg(test)]
-mod speed {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn gflops() {
-        for &(m, k, n, name) in &[
-            (16, 128, 512, "step h128"),
-            (16, 512, 2048, "step h512"),
-            (128, 1024, 512, "wgrad h128"),
-            (1024, 512, 128, "dx h128"),
-            (1024, 64, 512, "proj e64"),
-            (512, 1024, 2048, "wgrad h512"),
-        ] {
-            let a = vec![0.5f32; m * k];
-            let b = vec![0.25f32; k * n];
-            let mut c = vec![0.0f32; m * n];
-            let reps = (2e9 / (2.0 * (m * k * n) as f64)).max(1.0) as usize;
-            let packed = Packed::new(&b, (n, 1), k, n);
-            for (label, f) in [("tile", 0), ("packed", 1), ("mm", 2)] {
-                let start = std::time::Instant::now();
-                for _ in 0..reps {
-                    match f {
-                        0 => matmul((m, k, n), &a, (k, 1), Right::Rows(&b, n), true, &mut c),
-                        1 => matmul((m, k, n), &a, (k, 1), Right::Packed(&packed), true, &mut c),
-                        _ => portable((m, k, n), &a, (k, 1), &b, n, true, &mut c),
-                    }
-                }
-                let secs = start.elapsed().as_secs_f64();
-                println!(
-                    "{name} {label}: {:.1} GFLOP/s",
-                    2.0 * (m * k * n * reps) as f64 / secs / 1e9
-                );
             }
         }
     }
