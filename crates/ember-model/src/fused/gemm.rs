@@ -45,10 +45,15 @@ impl Packed {
                 let j0 = panel * PANEL;
                 let width = (n - j0).min(PANEL);
                 for (p, out) in chunk.chunks_exact_mut(PANEL).enumerate() {
-                    let out = &mut out[..width];
-                    if col == 1 {
-                        out.copy_from_slice(&b[p * row + j0..p * row + j0 + width]);
+                    let start = p * row + j0;
+                    if col == 1 && width == PANEL {
+                        // A copy of constant length compiles to vector moves, not a call.
+                        let out: &mut [f32; PANEL] = out.try_into().expect("a panel row");
+                        *out = b[start..start + PANEL].try_into().expect("a panel row");
+                    } else if col == 1 {
+                        out[..width].copy_from_slice(&b[start..start + width]);
                     } else {
+                        let out = &mut out[..width];
                         for (j, value) in out.iter_mut().enumerate() {
                             *value = b[p * row + (j0 + j) * col];
                         }
