@@ -105,13 +105,40 @@ pub struct HostState {
     pub cell: Vec<f32>,
 }
 
+/// The bottom layer's input over a chunk, time-major.
+#[derive(Debug)]
+pub enum StackInput {
+    /// Dense rows, `[seq_len * batch, d_input]`.
+    Rows(Vec<f32>),
+    /// Character ids, `[seq_len * batch]`, each standing for its row of `table`
+    /// (`[vocab_size, d_input]`), or for its one-hot vector where `table` is `None`.
+    ///
+    /// Every product with the input then goes through the vocabulary instead of the rows: the
+    /// table is projected once and its rows picked, and the gradients of the rows are summed per
+    /// character first. That is less work wherever the vocabulary has fewer entries than the
+    /// chunk has rows.
+    Ids {
+        /// The ids, each below the vocabulary size.
+        ids: Vec<usize>,
+        /// The embedding table, or `None` for one-hot inputs.
+        table: Option<Vec<f32>>,
+    },
+}
+
+impl StackInput {
+    /// The vocabulary size of an id input: the table's rows, or the width of a one-hot vector.
+    fn vocab_size(table: Option<&Vec<f32>>, d_input: usize) -> usize {
+        table.map_or(d_input, |table| table.len() / d_input)
+    }
+}
+
 /// What a layer's forward pass keeps for its backward pass.
 #[derive(Debug)]
 struct LayerTape {
     cell: CellKind,
     d_hidden: usize,
-    /// The layer's input, `[seq_len * batch, d_input]`.
-    input: Vec<f32>,
+    /// The layer's input.
+    input: StackInput,
     /// LSTM: the gates `i, f, g, o` after their nonlinearities; GRU: `r, z, n` after theirs;
     /// `[seq_len * batch, G * H]`. Unused by the RNN, whose output is its activation.
     gates: Vec<f32>,
@@ -126,8 +153,10 @@ struct LayerTape {
 
 impl Drop for LayerTape {
     fn drop(&mut self) {
+        if let StackInput::Rows(rows) = &mut self.input {
+            pool::recycle(std::mem::take(rows));
+        }
         for buffer in [
-            &mut self.input,
             &mut self.gates,
             &mut self.cells,
             &mut self.per_step,
@@ -258,14 +287,14 @@ dispatch_simd!(
     layer_forward_avx512,
     layer_forward_avx2,
     layer_forward_portable,
-    (weights: &LayerWeights, input: Vec<f32>, state: &HostState, seq_len: usize, batch: usize) -> LayerTape
+    (weights: &LayerWeights, input: StackInput, state: &HostState, seq_len: usize, batch: usize) -> LayerTape
 );
 
-/// One layer's forward pass over the chunk `input` (`[seq_len * batch, d_input]`) from `state`.
+/// One layer's forward pass over the chunk `input` from `state`.
 #[inline(always)]
 fn layer_forward_portable(
     weights: &LayerWeights,
-    input: Vec<f32>,
+    input: StackInput,
     state: &HostState,
     seq_len: usize,
     batch: usize,
@@ -275,17 +304,51 @@ fn layer_forward_portable(
     let width = batch * h;
     let bias = weights.input_bias();
     let mut gates = pool::scratch(rows * g);
-    for row in gates.chunks_exact_mut(g) {
-        row.copy_from_slice(&bias);
+    match &input {
+        StackInput::Rows(input) => {
+            for row in gates.chunks_exact_mut(g) {
+                row.copy_from_slice(&bias);
+            }
+            matmul(
+                (rows, d_in, g),
+                input,
+                (d_in, 1),
+                Right::Rows(&weights.weight_ih, g),
+                true,
+                &mut gates,
+            );
+        }
+        StackInput::Ids { ids, table } => {
+            let vocab = StackInput::vocab_size(table.as_ref(), d_in);
+            // Each character's projection, bias included: the table's projected, or W_ih's rows.
+            let mut projected = pool::scratch(vocab * g);
+            for row in projected.chunks_exact_mut(g) {
+                row.copy_from_slice(&bias);
+            }
+            match table {
+                Some(table) => matmul(
+                    (vocab, d_in, g),
+                    table,
+                    (d_in, 1),
+                    Right::Rows(&weights.weight_ih, g),
+                    true,
+                    &mut projected,
+                ),
+                None => {
+                    let rows = projected
+                        .chunks_exact_mut(g)
+                        .zip(weights.weight_ih.chunks_exact(g));
+                    for (row, weights_row) in rows {
+                        row.iter_mut().zip(weights_row).for_each(|(v, w)| *v += w);
+                    }
+                }
+            }
+            for (row, &id) in gates.chunks_exact_mut(g).zip(ids) {
+                row.copy_from_slice(&projected[id * g..(id + 1) * g]);
+            }
+            pool::recycle(projected);
+        }
     }
-    matmul(
-        (rows, d_in, g),
-        &input,
-        (d_in, 1),
-        Right::Rows(&weights.weight_ih, g),
-        true,
-        &mut gates,
-    );
     let mut hiddens = pool::scratch((seq_len + 1) * width);
     hiddens[..width].copy_from_slice(&state.hidden);
     let mut cells = Vec::new();
@@ -568,14 +631,39 @@ fn layer_backward_portable(
     };
     // W_ih' = X^T dG, W_hh' = H_prev^T dG over every step at once.
     let d_gates_packed = Packed::new(&d_gates, (g, 1), rows, g);
-    matmul(
-        (d_in, rows, g),
-        &tape.input,
-        (1, d_in),
-        Right::Packed(&d_gates_packed),
-        false,
-        &mut gradients.weight_ih,
-    );
+    // Id inputs: the rows of dG summed per character, through which every product with the
+    // input goes.
+    let mut per_id = Vec::new();
+    match &tape.input {
+        StackInput::Rows(input) => matmul(
+            (d_in, rows, g),
+            input,
+            (1, d_in),
+            Right::Packed(&d_gates_packed),
+            false,
+            &mut gradients.weight_ih,
+        ),
+        StackInput::Ids { ids, table } => {
+            let vocab = StackInput::vocab_size(table.as_ref(), d_in);
+            per_id = vec![0.0; vocab * g];
+            for (row, &id) in d_gates.chunks_exact(g).zip(ids) {
+                let sum = &mut per_id[id * g..(id + 1) * g];
+                sum.iter_mut().zip(row).for_each(|(s, d)| *s += d);
+            }
+            match table {
+                // W_ih' = X^T dG = T^T (per-character sums of dG).
+                Some(table) => matmul(
+                    (d_in, vocab, g),
+                    table,
+                    (1, d_in),
+                    Right::Rows(&per_id, g),
+                    false,
+                    &mut gradients.weight_ih,
+                ),
+                None => gradients.weight_ih.copy_from_slice(&per_id),
+            }
+        }
+    }
     let d_recurrent_packed = match weights.cell {
         CellKind::Gru => Some(Packed::new(d_recurrent, (g, 1), rows, g)),
         _ => None,
@@ -590,15 +678,21 @@ fn layer_backward_portable(
     );
     drop((d_gates_packed, d_recurrent_packed));
     pool::recycle(d_projected);
-    if !input_gradient {
+    let one_hot = matches!(tape.input, StackInput::Ids { table: None, .. });
+    if !input_gradient || one_hot {
         pool::recycle(d_gates);
         return (gradients, None);
     }
-    let mut d_input = pool::scratch(rows * d_in);
+    // dX = dG W_ih^T, or for ids the table's gradient, (per-character sums of dG) W_ih^T.
+    let (left, left_rows) = match &tape.input {
+        StackInput::Rows(_) => (&d_gates, rows),
+        StackInput::Ids { .. } => (&per_id, per_id.len() / g),
+    };
+    let mut d_input = pool::scratch(left_rows * d_in);
     let weight_ih_t = Packed::new(&weights.weight_ih, (1, g), g, d_in);
     matmul(
-        (rows, g, d_in),
-        &d_gates,
+        (left_rows, g, d_in),
+        left,
         (g, 1),
         Right::Packed(&weight_ih_t),
         false,
@@ -687,11 +781,11 @@ fn gru_step_backward(
     }
 }
 
-/// The forward pass of a stack of layers over the chunk `input` (`[seq_len * batch, d_input]`
-/// of the bottom layer) from `states` (one per layer, bottom first).
+/// The forward pass of a stack of layers over the chunk `input` of the bottom layer from
+/// `states` (one per layer, bottom first).
 pub fn stack_forward(
     layers: &[LayerWeights],
-    input: Vec<f32>,
+    input: StackInput,
     states: &[HostState],
     seq_len: usize,
     batch: usize,
@@ -699,12 +793,15 @@ pub fn stack_forward(
     assert_eq!(layers.len(), states.len(), "one state per layer");
     let mut tapes: Vec<LayerTape> = Vec::with_capacity(layers.len());
     let mut below = input;
-    for (weights, state) in layers.iter().zip(states) {
+    for (k, (weights, state)) in layers.iter().zip(states).enumerate() {
         let tape = layer_forward(weights, below, state, seq_len, batch);
-        below = pool::copied(&tape.hiddens[batch * weights.d_hidden..]);
+        below = StackInput::Rows(if k + 1 < layers.len() {
+            pool::copied(&tape.hiddens[batch * weights.d_hidden..])
+        } else {
+            Vec::new()
+        });
         tapes.push(tape);
     }
-    pool::recycle(below);
     StackTape {
         layers: tapes,
         seq_len,
@@ -714,7 +811,8 @@ pub fn stack_forward(
 
 /// The backward pass of [`stack_forward`]: from the gradient of the top layer's outputs to every
 /// layer's weight gradients (bottom first) and, if `input_gradient`, the gradient of the bottom
-/// layer's input (one-hot inputs have no use for it).
+/// layer's input: of its rows (`[seq_len * batch, d_input]`) for [`StackInput::Rows`], of the
+/// table (`[vocab_size, d_input]`) for ids with a table, and none for one-hot ids.
 pub fn stack_backward(
     layers: &[LayerWeights],
     tape: &StackTape,
@@ -1055,7 +1153,7 @@ mod tests {
         t: usize,
         b: usize,
     ) -> f64 {
-        let tape = stack_forward(layers, input.to_vec(), states, t, b);
+        let tape = stack_forward(layers, StackInput::Rows(input.to_vec()), states, t, b);
         let probe = values(tape.output().len(), 99);
         tape.output()
             .iter()
@@ -1083,7 +1181,7 @@ mod tests {
             let layers = vec![layer(cell, d_in, h, 1), layer(cell, h, h, 7)];
             let states: Vec<HostState> = (0..2).map(|k| state(cell, b * h, 20 + 2 * k)).collect();
             let input = values(t * b * d_in, 40);
-            let tape = stack_forward(&layers, input.clone(), &states, t, b);
+            let tape = stack_forward(&layers, StackInput::Rows(input.clone()), &states, t, b);
             let probe = values(tape.output().len(), 99);
             let (gradients, d_input) = stack_backward(&layers, &tape, probe, true);
             let d_input = d_input.unwrap();
@@ -1183,6 +1281,72 @@ mod tests {
         }
     }
 
+    /// Ids through a table, and one-hot ids, give what the same inputs give as dense rows: the
+    /// outputs, every weight gradient, and the table's gradient as the rows' gradients summed
+    /// per character.
+    #[test]
+    fn id_inputs_equal_their_dense_rows() {
+        let (t, b, d_embed, vocab, h) = (6, 3, 4, 5, 3);
+        let ids: Vec<usize> = (0..t * b).map(|i| (i * 7 + i / 4) % vocab).collect();
+        let table = values(vocab * d_embed, 50);
+        for cell in CellKind::ALL {
+            for embedded in [true, false] {
+                let d_in = if embedded { d_embed } else { vocab };
+                let layers = vec![layer(cell, d_in, h, 11), layer(cell, h, h, 17)];
+                let states: Vec<HostState> =
+                    (0..2).map(|k| state(cell, b * h, 60 + 2 * k)).collect();
+                let dense: Vec<f32> = ids
+                    .iter()
+                    .flat_map(|&id| match embedded {
+                        true => table[id * d_embed..(id + 1) * d_embed].to_vec(),
+                        false => (0..vocab).map(|v| f32::from(u8::from(v == id))).collect(),
+                    })
+                    .collect();
+                let by_rows = stack_forward(&layers, StackInput::Rows(dense), &states, t, b);
+                let input = StackInput::Ids {
+                    ids: ids.clone(),
+                    table: embedded.then(|| table.clone()),
+                };
+                let by_ids = stack_forward(&layers, input, &states, t, b);
+                for (a, e) in by_ids.output().iter().zip(by_rows.output()) {
+                    assert!((a - e).abs() < 1e-5, "{cell}: {a} vs {e}");
+                }
+                let probe = values(by_rows.output().len(), 70);
+                let (row_gradients, d_rows) =
+                    stack_backward(&layers, &by_rows, probe.clone(), true);
+                let (id_gradients, d_table) = stack_backward(&layers, &by_ids, probe, true);
+                for (k, (a, e)) in id_gradients.iter().zip(&row_gradients).enumerate() {
+                    for (which, (a, e)) in gradient_tensors(a)
+                        .into_iter()
+                        .zip(gradient_tensors(e))
+                        .enumerate()
+                    {
+                        for (a, e) in a.iter().zip(e) {
+                            assert!(
+                                (a - e).abs() < 1e-5,
+                                "{cell} layer {k} tensor {which}: {a} vs {e}"
+                            );
+                        }
+                    }
+                }
+                match embedded {
+                    true => {
+                        let mut expected = vec![0.0; vocab * d_embed];
+                        for (row, &id) in d_rows.unwrap().chunks_exact(d_embed).zip(&ids) {
+                            for (e, d) in expected[id * d_embed..].iter_mut().zip(row) {
+                                *e += d;
+                            }
+                        }
+                        for (a, e) in d_table.unwrap().iter().zip(&expected) {
+                            assert!((a - e).abs() < 1e-5, "{cell} table: {a} vs {e}");
+                        }
+                    }
+                    false => assert!(d_table.is_none()),
+                }
+            }
+        }
+    }
+
     #[test]
     fn shards_of_a_batch_add_up_to_the_whole_batch() {
         let (t, b, d_in, h) = (5, 4, 3, 4);
@@ -1193,7 +1357,7 @@ mod tests {
             let d_output = values(t * b * h, 9);
             let whole = stack_forward(
                 &layers,
-                input.clone(),
+                StackInput::Rows(input.clone()),
                 std::slice::from_ref(&whole_state),
                 t,
                 b,
@@ -1224,7 +1388,7 @@ mod tests {
                 };
                 let tape = stack_forward(
                     &layers,
-                    rows(&input, d_in, range.clone()),
+                    StackInput::Rows(rows(&input, d_in, range.clone())),
                     &[shard_state],
                     t,
                     n,

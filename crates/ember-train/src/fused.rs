@@ -17,7 +17,7 @@ use burn::module::Param;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ember_model::fused::{
-    HeadGradients, HeadWeights, HostState, LayerGradients, LayerWeights, head_loss,
+    HeadGradients, HeadWeights, HostState, LayerGradients, LayerWeights, StackInput, head_loss,
     host_values as host, stack_backward, stack_forward,
 };
 use ember_model::{CharLm, LayerState, RecurrentState};
@@ -142,14 +142,23 @@ pub fn fused_step(
                     .collect()
             };
             let shard_ids = picked(&ids);
-            // The stack's input, time-major: embedded characters, or one-hot vectors.
-            let mut input = vec![0.0; shard_ids.len() * d_input];
-            for (row, &id) in input.chunks_exact_mut(d_input).zip(&shard_ids) {
-                match &table {
-                    Some(table) => row.copy_from_slice(&table[id * d_input..(id + 1) * d_input]),
-                    None => row[id] = 1.0,
-                }
-            }
+            let vocab_size = model.vocab_size();
+            // Products through the vocabulary pay where it is smaller than the chunk; a larger
+            // one takes its rows of the table.
+            let by_ids = vocab_size <= shard_ids.len();
+            let input = match (&table, by_ids) {
+                (Some(table), false) => StackInput::Rows(
+                    shard_ids
+                        .iter()
+                        .flat_map(|&id| &table[id * d_input..(id + 1) * d_input])
+                        .copied()
+                        .collect(),
+                ),
+                _ => StackInput::Ids {
+                    ids: shard_ids.clone(),
+                    table: table.clone(),
+                },
+            };
             let shard_states: Vec<HostState> = states
                 .iter()
                 .zip(&layers)
@@ -165,8 +174,12 @@ pub fn fused_step(
             let head_step = head_loss(&head, tape.output(), &picked(&targets), scale);
             let (layer_gradients, d_embedded) =
                 stack_backward(&layers, &tape, head_step.d_hidden, table.is_some());
+            // The table's gradient: given, or summed per character from the rows'.
             let embedding = d_embedded.map(|d_embedded| {
-                let mut gradient = vec![0.0; table.as_ref().map_or(0, Vec::len)];
+                if by_ids {
+                    return d_embedded;
+                }
+                let mut gradient = vec![0.0; vocab_size * d_input];
                 for (row, &id) in d_embedded.chunks_exact(d_input).zip(&shard_ids) {
                     add_into(&mut gradient[id * d_input..(id + 1) * d_input], row);
                 }
