@@ -200,7 +200,7 @@ pub enum DivergencePolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kernel {
-    /// `fused` where it applies (LSTM layers, no dropout), `plain` elsewhere.
+    /// `fused` where it applies (language models without dropout), `plain` elsewhere.
     #[default]
     Auto,
     /// Whole-chunk host kernels for the recurrence, one batch shard per thread
@@ -307,9 +307,7 @@ impl RunConfig {
 
     /// Whether the fused kernels can train this run's model.
     pub fn fused_applies(&self) -> bool {
-        self.task.kind == TaskKind::LanguageModel
-            && self.model.cell == CellKind::Lstm
-            && self.model.dropout == 0.0
+        self.task.kind == TaskKind::LanguageModel && self.model.dropout == 0.0
     }
 
     /// Whether this run trains through the fused kernels.
@@ -397,7 +395,7 @@ impl RunConfig {
         positive("train.log_every", self.train.log_every as usize)?;
         if self.train.kernel == Kernel::Fused && !self.fused_applies() {
             return Err(
-                "`train.kernel = \"fused\"` trains language models of LSTM layers without dropout; \
+                "`train.kernel = \"fused\"` trains language models without dropout; \
                  use `auto` or `plain` for this model"
                     .into(),
             );
