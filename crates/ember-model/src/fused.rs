@@ -1060,24 +1060,49 @@ fn stepper_step_portable(stepper: &mut HostStepper, id: usize) -> Vec<f32> {
             }
             CellKind::Lstm => {
                 add_vector_matrix(&mut gates, &state.hidden, packed_hh);
-                for j in 0..h {
-                    let i = sigmoid(gates[j]);
-                    let f = sigmoid(gates[h + j]);
-                    let candidate = tanh(gates[2 * h + j]);
-                    let o = sigmoid(gates[3 * h + j]);
-                    let cell = f * state.cell[j] + i * candidate;
-                    state.cell[j] = cell;
-                    state.hidden[j] = o * tanh(cell);
+                // Loops over whole slices, one activation each, so that they vectorize.
+                let (input_forget, rest) = gates.split_at_mut(2 * h);
+                let (candidate, out) = rest.split_at_mut(h);
+                for v in input_forget.iter_mut() {
+                    *v = sigmoid(*v);
+                }
+                let (input_gate, forget) = input_forget.split_at(h);
+                for v in out.iter_mut() {
+                    *v = sigmoid(*v);
+                }
+                for v in candidate.iter_mut() {
+                    *v = tanh(*v);
+                }
+                let cells = state.cell.iter_mut().zip(state.hidden.iter_mut());
+                let gates = input_gate
+                    .iter()
+                    .zip(forget.iter())
+                    .zip(candidate.iter())
+                    .zip(out.iter());
+                for ((cell, hidden), (((i, f), candidate), o)) in cells.zip(gates) {
+                    *cell = f * *cell + i * candidate;
+                    *hidden = o * tanh(*cell);
                 }
             }
             CellKind::Gru => {
                 let mut projected = weights.bias_hh.clone();
                 add_vector_matrix(&mut projected, &state.hidden, packed_hh);
-                for j in 0..h {
-                    let r = sigmoid(gates[j] + projected[j]);
-                    let z = sigmoid(gates[h + j] + projected[h + j]);
-                    let n = tanh(gates[2 * h + j] + r * projected[2 * h + j]);
-                    state.hidden[j] = n + z * (state.hidden[j] - n);
+                let (reset_update, candidate) = gates.split_at_mut(2 * h);
+                let (p_reset_update, p_new) = projected.split_at(2 * h);
+                for (v, p) in reset_update.iter_mut().zip(p_reset_update) {
+                    *v = sigmoid(*v + p);
+                }
+                let (reset, update) = reset_update.split_at(h);
+                for ((v, p), r) in candidate.iter_mut().zip(p_new).zip(reset.iter()) {
+                    *v = tanh(*v + r * p);
+                }
+                for ((hidden, z), n) in state
+                    .hidden
+                    .iter_mut()
+                    .zip(update.iter())
+                    .zip(candidate.iter())
+                {
+                    *hidden = n + z * (*hidden - n);
                 }
             }
         }
