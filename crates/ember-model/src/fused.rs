@@ -91,7 +91,7 @@ impl LayerGradients {
             (&mut self.bias_ih, &other.bias_ih),
             (&mut self.bias_hh, &other.bias_hh),
         ] {
-            sum.iter_mut().zip(part).for_each(|(s, p)| *s += p);
+            add_into(sum, part);
         }
     }
 }
@@ -201,11 +201,16 @@ impl StackTape {
     }
 }
 
+/// `sum += part`, element by element: how shards' gradients and a batch's rows are summed.
+pub fn add_into(sum: &mut [f32], part: &[f32]) {
+    sum.iter_mut().zip(part).for_each(|(s, p)| *s += p);
+}
+
 /// Column sums of `data` (`[rows, width]`).
 fn column_sums(data: &[f32], width: usize) -> Vec<f32> {
     let mut sums = vec![0.0; width];
     for row in data.chunks_exact(width) {
-        sums.iter_mut().zip(row).for_each(|(sum, d)| *sum += d);
+        add_into(&mut sums, row);
     }
     sums
 }
@@ -647,8 +652,7 @@ fn layer_backward_portable(
             let vocab = StackInput::vocab_size(table.as_ref(), d_in);
             per_id = vec![0.0; vocab * g];
             for (row, &id) in d_gates.chunks_exact(g).zip(ids) {
-                let sum = &mut per_id[id * g..(id + 1) * g];
-                sum.iter_mut().zip(row).for_each(|(s, d)| *s += d);
+                add_into(&mut per_id[id * g..(id + 1) * g], row);
             }
             match table {
                 // W_ih' = X^T dG = T^T (per-character sums of dG).
@@ -935,10 +939,7 @@ fn head_loss_portable(
         false,
         &mut weight,
     );
-    let mut bias = vec![0.0; vocab];
-    for row in d_logits.chunks_exact(vocab) {
-        bias.iter_mut().zip(row).for_each(|(sum, d)| *sum += d);
-    }
+    let bias = column_sums(&d_logits, vocab);
     let weight_t = Packed::new(&head.weight, (1, vocab), vocab, d_hidden);
     let mut d_hidden_values = pool::scratch(rows * d_hidden);
     matmul(

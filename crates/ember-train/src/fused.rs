@@ -17,8 +17,8 @@ use burn::module::Param;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ember_model::fused::{
-    HeadGradients, HeadWeights, HostState, LayerGradients, LayerWeights, StackInput, head_loss,
-    host_values as host, stack_backward, stack_forward,
+    HeadGradients, HeadWeights, HostState, LayerGradients, LayerWeights, StackInput, add_into,
+    head_loss, host_values as host, stack_backward, stack_forward,
 };
 use ember_model::{CharLm, LayerState, RecurrentState};
 
@@ -60,10 +60,6 @@ impl ShardStep {
             add_into(sum, part);
         }
     }
-}
-
-fn add_into(sum: &mut [f32], part: &[f32]) {
-    sum.iter_mut().zip(part).for_each(|(s, p)| *s += p);
 }
 
 /// Splits `batch` rows into at most `threads` nearly equal ranges (0: one per thread of the pool).

@@ -303,6 +303,23 @@ mod avx512 {
             }
         }
 
+        /// Writes (or adds, if `add`) `value` to vector `v` of row `r` of the tile, masked at the
+        /// right edge.
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        unsafe fn store(&self, r: usize, v: usize, value: __m512) {
+            // SAFETY: the tile's rows and masked columns lie inside `c` (the caller's contract).
+            unsafe {
+                let target = self.c.add(r * self.c_row + 16 * v);
+                let value = if self.add {
+                    _mm512_add_ps(value, _mm512_maskz_loadu_ps(self.masks[v], target))
+                } else {
+                    value
+                };
+                _mm512_mask_storeu_ps(target, self.masks[v], value);
+            }
+        }
+
         /// A tile of one row (a vector times a matrix, as in sampling): four partial sums per
         /// vector over interleaved steps of `k`, since a single chain of fused multiply-adds per
         /// vector would wait on its own latency at every step.
@@ -335,15 +352,7 @@ mod avx512 {
                     _mm512_add_ps(sums[2][v], sums[3][v]),
                 );
                 // SAFETY: as in `run`.
-                unsafe {
-                    let target = self.c.add(16 * v);
-                    let value = if self.add {
-                        _mm512_add_ps(total, _mm512_maskz_loadu_ps(self.masks[v], target))
-                    } else {
-                        total
-                    };
-                    _mm512_mask_storeu_ps(target, self.masks[v], value);
-                }
+                unsafe { self.store(0, v, total) };
             }
         }
 
@@ -371,15 +380,7 @@ mod avx512 {
             for (r, row_sums) in sums.iter().enumerate() {
                 for (v, sum) in row_sums.iter().enumerate() {
                     // SAFETY: as above.
-                    unsafe {
-                        let target = self.c.add(r * self.c_row + 16 * v);
-                        let value = if self.add {
-                            _mm512_add_ps(*sum, _mm512_maskz_loadu_ps(self.masks[v], target))
-                        } else {
-                            *sum
-                        };
-                        _mm512_mask_storeu_ps(target, self.masks[v], value);
-                    }
+                    unsafe { self.store(r, v, *sum) };
                 }
             }
         }
