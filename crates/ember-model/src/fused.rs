@@ -309,25 +309,23 @@ fn layer_forward_portable(
     let width = batch * h;
     let bias = weights.input_bias();
     let mut gates = pool::scratch(rows * g);
+    // Id inputs: each character's projection, bias included, which every step picks its rows
+    // from; dense rows: their projection, to which every step adds the bias. Either way a step's
+    // input part is completed while its rows are in the cache, not in a pass of its own.
+    let mut projected_ids = Vec::new();
     match &input {
-        StackInput::Rows(input) => {
-            for row in gates.chunks_exact_mut(g) {
-                row.copy_from_slice(&bias);
-            }
-            matmul(
-                (rows, d_in, g),
-                input,
-                (d_in, 1),
-                Right::Rows(&weights.weight_ih, g),
-                true,
-                &mut gates,
-            );
-        }
-        StackInput::Ids { ids, table } => {
+        StackInput::Rows(input) => matmul(
+            (rows, d_in, g),
+            input,
+            (d_in, 1),
+            Right::Rows(&weights.weight_ih, g),
+            false,
+            &mut gates,
+        ),
+        StackInput::Ids { table, .. } => {
             let vocab = StackInput::vocab_size(table.as_ref(), d_in);
-            // Each character's projection, bias included: the table's projected, or W_ih's rows.
-            let mut projected = pool::scratch(vocab * g);
-            for row in projected.chunks_exact_mut(g) {
+            projected_ids = pool::scratch(vocab * g);
+            for row in projected_ids.chunks_exact_mut(g) {
                 row.copy_from_slice(&bias);
             }
             match table {
@@ -337,21 +335,17 @@ fn layer_forward_portable(
                     (d_in, 1),
                     Right::Rows(&weights.weight_ih, g),
                     true,
-                    &mut projected,
+                    &mut projected_ids,
                 ),
                 None => {
-                    let rows = projected
+                    let rows = projected_ids
                         .chunks_exact_mut(g)
                         .zip(weights.weight_ih.chunks_exact(g));
                     for (row, weights_row) in rows {
-                        row.iter_mut().zip(weights_row).for_each(|(v, w)| *v += w);
+                        add_into(row, weights_row);
                     }
                 }
             }
-            for (row, &id) in gates.chunks_exact_mut(g).zip(ids) {
-                row.copy_from_slice(&projected[id * g..(id + 1) * g]);
-            }
-            pool::recycle(projected);
         }
     }
     let mut hiddens = pool::scratch((seq_len + 1) * width);
@@ -374,6 +368,19 @@ fn layer_forward_portable(
     let recurrent = Packed::new(&weights.weight_hh, (g, 1), h, g);
     for t in 0..seq_len {
         let step_gates = &mut gates[t * batch * g..(t + 1) * batch * g];
+        match &input {
+            StackInput::Rows(_) => {
+                for row in step_gates.chunks_exact_mut(g) {
+                    add_into(row, &bias);
+                }
+            }
+            StackInput::Ids { ids, .. } => {
+                let step_ids = &ids[t * batch..(t + 1) * batch];
+                for (row, &id) in step_gates.chunks_exact_mut(g).zip(step_ids) {
+                    row.copy_from_slice(&projected_ids[id * g..(id + 1) * g]);
+                }
+            }
+        }
         let (done, next) = hiddens.split_at_mut((t + 1) * width);
         let previous = &done[t * width..];
         let next = &mut next[..width];
@@ -435,6 +442,7 @@ fn layer_forward_portable(
         }
     }
     pool::recycle(projected);
+    pool::recycle(projected_ids);
     LayerTape {
         cell: weights.cell,
         d_hidden: h,
@@ -554,12 +562,36 @@ fn layer_backward_portable(
     let (d_in, h, g) = (weights.d_input, weights.d_hidden, weights.gates());
     let width = batch * h;
     let rows = seq_len * batch;
-    // The gradient of every step's input projection, gate by gate.
-    let mut d_gates = pool::scratch(rows * g);
+    let gru = weights.cell == CellKind::Gru;
+    // The gradient of a step's input projection, gate by gate, and for every step the same laid
+    // out for the weight products after the loop: set step by step while a step's rows are in
+    // the cache, as are the bias sums and the per-character sums below.
+    let mut step_d_gates = pool::scratch(batch * g);
+    let mut d_gates = Packed::unfilled(rows, g);
     // GRU: the gradient of the hidden projection, which differs from the input projection's in
     // the candidate block (the reset gate scales it).
-    let mut d_projected = match weights.cell {
-        CellKind::Gru => pool::scratch(rows * g),
+    let mut step_d_projected = if gru {
+        vec![0.0; batch * g]
+    } else {
+        Vec::new()
+    };
+    let mut d_projected = gru.then(|| Packed::unfilled(rows, g));
+    let mut bias_ih = vec![0.0; g];
+    let mut bias_hh = if gru { vec![0.0; g] } else { Vec::new() };
+    // Id inputs: the rows of dG summed per character, through which every product with the
+    // input goes.
+    let mut per_id = match &tape.input {
+        StackInput::Ids { table, .. } => {
+            vec![0.0; StackInput::vocab_size(table.as_ref(), d_in) * g]
+        }
+        StackInput::Rows(_) => Vec::new(),
+    };
+    let one_hot = matches!(tape.input, StackInput::Ids { table: None, .. });
+    let input_gradient = input_gradient && !one_hot;
+    // Dense rows: dX = dG W_ih^T, step by step; ids: the table's gradient after the loop.
+    let weight_ih_t = input_gradient.then(|| Packed::new(&weights.weight_ih, (1, g), g, d_in));
+    let mut d_input = match (&tape.input, input_gradient) {
+        (StackInput::Rows(_), true) => pool::scratch(rows * d_in),
         _ => Vec::new(),
     };
     let mut d_hidden = vec![0.0; width];
@@ -573,137 +605,137 @@ fn layer_backward_portable(
         let gate_span = t * batch * g..(t + 1) * batch * g;
         let span = t * width..(t + 1) * width;
         let d_out = &d_output[span.clone()];
-        let step_d_gates = &mut d_gates[gate_span.clone()];
         // Where dL/dh_{t-1} = (gradient of the hidden projection) W_hh^T comes from.
-        let accumulate = match weights.cell {
+        match weights.cell {
             CellKind::Rnn => {
                 let outputs = &tape.hiddens[span.end..span.end + width];
                 for (k, d) in step_d_gates.iter_mut().enumerate() {
                     let dh = d_hidden[k] + d_out[k];
                     *d = dh * (1.0 - outputs[k] * outputs[k]);
                 }
-                false
             }
-            CellKind::Lstm => {
-                lstm_step_backward(
-                    &tape.gates[gate_span.clone()],
-                    &tape.cells[span.clone()],
-                    &tape.per_step[span.clone()],
-                    d_out,
-                    &d_hidden,
-                    &mut d_cell,
-                    step_d_gates,
-                    h,
-                );
-                false
+            CellKind::Lstm => lstm_step_backward(
+                &tape.gates[gate_span.clone()],
+                &tape.cells[span.clone()],
+                &tape.per_step[span.clone()],
+                d_out,
+                &d_hidden,
+                &mut d_cell,
+                &mut step_d_gates,
+                h,
+            ),
+            CellKind::Gru => gru_step_backward(
+                &tape.gates[gate_span.clone()],
+                &tape.per_step[span.clone()],
+                &tape.hiddens[span],
+                d_out,
+                &mut d_hidden,
+                &mut step_d_gates,
+                &mut step_d_projected,
+                h,
+            ),
+        }
+        d_gates.set_rows(t * batch, &step_d_gates);
+        for row in step_d_gates.chunks_exact(g) {
+            add_into(&mut bias_ih, row);
+        }
+        if let Some(d_projected) = &mut d_projected {
+            d_projected.set_rows(t * batch, &step_d_projected);
+            for row in step_d_projected.chunks_exact(g) {
+                add_into(&mut bias_hh, row);
             }
-            CellKind::Gru => {
-                gru_step_backward(
-                    &tape.gates[gate_span.clone()],
-                    &tape.per_step[span.clone()],
-                    &tape.hiddens[span],
-                    d_out,
-                    &mut d_hidden,
-                    step_d_gates,
-                    &mut d_projected[gate_span.clone()],
-                    h,
-                );
-                true
+        }
+        if let StackInput::Ids { ids, .. } = &tape.input {
+            let step_ids = &ids[t * batch..(t + 1) * batch];
+            for (row, &id) in step_d_gates.chunks_exact(g).zip(step_ids) {
+                add_into(&mut per_id[id * g..(id + 1) * g], row);
             }
-        };
-        let d_recurrent = match weights.cell {
-            CellKind::Gru => &d_projected[gate_span],
-            _ => &d_gates[gate_span],
+        }
+        if let (Some(weight_ih_t), false) = (&weight_ih_t, d_input.is_empty()) {
+            matmul(
+                (batch, g, d_in),
+                &step_d_gates,
+                (g, 1),
+                Right::Packed(weight_ih_t),
+                false,
+                &mut d_input[t * batch * d_in..(t + 1) * batch * d_in],
+            );
+        }
+        let d_recurrent = if gru {
+            &step_d_projected
+        } else {
+            &step_d_gates
         };
         matmul(
             (batch, g, h),
             d_recurrent,
             (g, 1),
             Right::Packed(&recurrent_t),
-            accumulate,
+            // GRU: `d_hidden` holds the direct part of the gradient already.
+            gru,
             &mut d_hidden,
         );
     }
-    let d_recurrent = match weights.cell {
-        CellKind::Gru => &d_projected,
-        _ => &d_gates,
-    };
+    pool::recycle(step_d_gates);
+    if !gru {
+        bias_hh = bias_ih.clone();
+    }
     let mut gradients = LayerGradients {
         weight_ih: vec![0.0; d_in * g],
         weight_hh: vec![0.0; h * g],
-        bias_ih: column_sums(&d_gates, g),
-        bias_hh: column_sums(d_recurrent, g),
+        bias_ih,
+        bias_hh,
     };
     // W_ih' = X^T dG, W_hh' = H_prev^T dG over every step at once.
-    let d_gates_packed = Packed::new(&d_gates, (g, 1), rows, g);
-    // Id inputs: the rows of dG summed per character, through which every product with the
-    // input goes.
-    let mut per_id = Vec::new();
     match &tape.input {
         StackInput::Rows(input) => matmul(
             (d_in, rows, g),
             input,
             (1, d_in),
-            Right::Packed(&d_gates_packed),
+            Right::Packed(&d_gates),
             false,
             &mut gradients.weight_ih,
         ),
-        StackInput::Ids { ids, table } => {
-            let vocab = StackInput::vocab_size(table.as_ref(), d_in);
-            per_id = vec![0.0; vocab * g];
-            for (row, &id) in d_gates.chunks_exact(g).zip(ids) {
-                add_into(&mut per_id[id * g..(id + 1) * g], row);
-            }
-            match table {
-                // W_ih' = X^T dG = T^T (per-character sums of dG).
-                Some(table) => matmul(
-                    (d_in, vocab, g),
-                    table,
-                    (1, d_in),
-                    Right::Rows(&per_id, g),
-                    false,
-                    &mut gradients.weight_ih,
-                ),
-                None => gradients.weight_ih.copy_from_slice(&per_id),
-            }
-        }
+        // W_ih' = X^T dG = T^T (per-character sums of dG).
+        StackInput::Ids {
+            table: Some(table), ..
+        } => matmul(
+            (d_in, per_id.len() / g, g),
+            table,
+            (1, d_in),
+            Right::Rows(&per_id, g),
+            false,
+            &mut gradients.weight_ih,
+        ),
+        StackInput::Ids { table: None, .. } => gradients.weight_ih.copy_from_slice(&per_id),
     }
-    let d_recurrent_packed = match weights.cell {
-        CellKind::Gru => Some(Packed::new(d_recurrent, (g, 1), rows, g)),
-        _ => None,
-    };
     matmul(
         (h, rows, g),
         &tape.hiddens[..rows * h],
         (1, h),
-        Right::Packed(d_recurrent_packed.as_ref().unwrap_or(&d_gates_packed)),
+        Right::Packed(d_projected.as_ref().unwrap_or(&d_gates)),
         false,
         &mut gradients.weight_hh,
     );
-    drop((d_gates_packed, d_recurrent_packed));
-    pool::recycle(d_projected);
-    let one_hot = matches!(tape.input, StackInput::Ids { table: None, .. });
-    if !input_gradient || one_hot {
-        pool::recycle(d_gates);
-        return (gradients, None);
-    }
-    // dX = dG W_ih^T, or for ids the table's gradient, (per-character sums of dG) W_ih^T.
-    let (left, left_rows) = match &tape.input {
-        StackInput::Rows(_) => (&d_gates, rows),
-        StackInput::Ids { .. } => (&per_id, per_id.len() / g),
+    let d_input = match (&weight_ih_t, &tape.input) {
+        (None, _) => None,
+        (Some(_), StackInput::Rows(_)) => Some(d_input),
+        // The table's gradient: (per-character sums of dG) W_ih^T.
+        (Some(weight_ih_t), StackInput::Ids { .. }) => {
+            let vocab = per_id.len() / g;
+            let mut d_table = pool::scratch(vocab * d_in);
+            matmul(
+                (vocab, g, d_in),
+                &per_id,
+                (g, 1),
+                Right::Packed(weight_ih_t),
+                false,
+                &mut d_table,
+            );
+            Some(d_table)
+        }
     };
-    let mut d_input = pool::scratch(left_rows * d_in);
-    let weight_ih_t = Packed::new(&weights.weight_ih, (1, g), g, d_in);
-    matmul(
-        (left_rows, g, d_in),
-        left,
-        (g, 1),
-        Right::Packed(&weight_ih_t),
-        false,
-        &mut d_input,
-    );
-    pool::recycle(d_gates);
-    (gradients, Some(d_input))
+    (gradients, d_input)
 }
 
 /// An LSTM step backward: from the gradients arriving at `h_t` (`d_hidden`, from the step after,

@@ -36,39 +36,71 @@ impl Packed {
     /// Packs `b` (`[k, n]`, read through its strides).
     pub(crate) fn new(b: &[f32], (row, col): (usize, usize), k: usize, n: usize) -> Packed {
         assert!(k * n == 0 || (k - 1) * row + (n - 1) * col < b.len());
-        let panels = has_avx512();
-        let mut data;
-        if panels {
-            // The padding of the last panel is never read: the tiles mask it.
-            data = pool::scratch(n.div_ceil(PANEL) * PANEL * k);
-            for (panel, chunk) in data.chunks_exact_mut(PANEL * k).enumerate() {
+        let mut packed = Packed::unfilled(k, n);
+        if col == 1 {
+            // Row by row: the source is read in order, which is what the prefetchers follow.
+            for p in 0..k {
+                packed.set_rows(p, &b[p * row..p * row + n]);
+            }
+        } else if packed.panels {
+            for (panel, chunk) in packed.data.chunks_exact_mut(PANEL * k).enumerate() {
                 let j0 = panel * PANEL;
                 let width = (n - j0).min(PANEL);
                 for (p, out) in chunk.chunks_exact_mut(PANEL).enumerate() {
-                    let start = p * row + j0;
-                    if col == 1 && width == PANEL {
-                        // A copy of constant length compiles to vector moves, not a call.
-                        let out: &mut [f32; PANEL] = out.try_into().expect("a panel row");
-                        *out = b[start..start + PANEL].try_into().expect("a panel row");
-                    } else if col == 1 {
-                        out[..width].copy_from_slice(&b[start..start + width]);
-                    } else {
-                        let out = &mut out[..width];
-                        for (j, value) in out.iter_mut().enumerate() {
-                            *value = b[p * row + (j0 + j) * col];
-                        }
+                    for (j, value) in out[..width].iter_mut().enumerate() {
+                        *value = b[p * row + (j0 + j) * col];
                     }
                 }
             }
         } else {
-            data = pool::scratch(k * n);
-            for (p, out) in data.chunks_exact_mut(n.max(1)).enumerate().take(k) {
+            for (p, out) in packed.data.chunks_exact_mut(n.max(1)).enumerate().take(k) {
                 for (j, value) in out.iter_mut().enumerate() {
                     *value = b[p * row + j * col];
                 }
             }
         }
-        Packed { data, k, n, panels }
+        packed
+    }
+
+    /// A `[k, n]` operand whose rows the caller sets with [`Packed::set_rows`] before any
+    /// product reads them.
+    pub(crate) fn unfilled(k: usize, n: usize) -> Packed {
+        let panels = has_avx512();
+        // The padding of the last panel is never read: the tiles mask it.
+        let len = if panels {
+            n.div_ceil(PANEL) * PANEL * k
+        } else {
+            k * n
+        };
+        Packed {
+            data: pool::scratch(len),
+            k,
+            n,
+            panels,
+        }
+    }
+
+    /// Sets rows `first..` from row-major `rows` (`[count, n]`).
+    pub(crate) fn set_rows(&mut self, first: usize, rows: &[f32]) {
+        let (k, n) = (self.k, self.n);
+        assert!(rows.len() % n.max(1) == 0 && first * n + rows.len() <= k * n);
+        if !self.panels {
+            self.data[first * n..first * n + rows.len()].copy_from_slice(rows);
+            return;
+        }
+        for (p, row) in (first..).zip(rows.chunks_exact(n)) {
+            for (panel, values) in row.chunks(PANEL).enumerate() {
+                let start = panel * PANEL * k + p * PANEL;
+                let out = &mut self.data[start..start + PANEL];
+                match <&[f32; PANEL]>::try_from(values) {
+                    // A copy of constant length compiles to vector moves, not a call.
+                    Ok(values) => {
+                        *<&mut [f32; PANEL]>::try_from(out).expect("a panel row") = *values
+                    }
+                    Err(_) => out[..values.len()].copy_from_slice(values),
+                }
+            }
+        }
     }
 }
 
@@ -436,6 +468,16 @@ mod tests {
                         }
                     }
                     let from_transpose = product(Right::Packed(&Packed::new(&b_t, (1, k), k, n)));
+                    // The same operand set in two runs of rows, as a backward pass fills it
+                    // step by step.
+                    let rows: Vec<f32> = (0..k)
+                        .flat_map(|p| &b[p * b_row..p * b_row + n])
+                        .copied()
+                        .collect();
+                    let mut filled = Packed::unfilled(k, n);
+                    filled.set_rows(k / 2, &rows[k / 2 * n..]);
+                    filled.set_rows(0, &rows[..k / 2 * n]);
+                    let set_by_rows = product(Right::Packed(&filled));
                     let mut reference = start.clone();
                     portable(
                         (m, k, n),
@@ -465,6 +507,7 @@ mod tests {
                                 ("in place", in_place[index]),
                                 ("packed", packed[index]),
                                 ("packed from the transpose", from_transpose[index]),
+                                ("set by rows", set_by_rows[index]),
                                 ("portable", reference[index]),
                             ] {
                                 assert!(
