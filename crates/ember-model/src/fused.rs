@@ -206,6 +206,22 @@ pub fn add_into(sum: &mut [f32], part: &[f32]) {
     sum.iter_mut().zip(part).for_each(|(s, p)| *s += p);
 }
 
+/// `values` folded by `fold` from `start` in 16 interleaved lanes, which vectorize where one
+/// chain of a non-associative fold (a float sum, a maximum) would not; then the lanes folded.
+#[inline(always)]
+fn lanes(values: &[f32], start: f32, fold: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [start; 16];
+    let chunks = values.chunks_exact(16);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &value) in lanes.iter_mut().zip(chunk) {
+            *lane = fold(*lane, value);
+        }
+    }
+    let folded = lanes.into_iter().fold(start, &fold);
+    rest.iter().fold(folded, |a, &b| fold(a, b))
+}
+
 /// Column sums of `data` (`[rows, width]`).
 fn column_sums(data: &[f32], width: usize) -> Vec<f32> {
     let mut sums = vec![0.0; width];
@@ -930,31 +946,28 @@ fn head_loss_portable(
     let rows = targets.len();
     assert_eq!(hidden.len(), rows * d_hidden, "one target per row");
     let mut d_logits = pool::scratch(rows * vocab);
-    for row in d_logits.chunks_exact_mut(vocab) {
-        row.copy_from_slice(&head.bias);
-    }
     matmul(
         (rows, d_hidden, vocab),
         hidden,
         (d_hidden, 1),
         Right::Rows(&head.weight, vocab),
-        true,
+        false,
         &mut d_logits,
     );
-    // Softmax minus the one-hot target, in place of the logits.
+    // The bias, then softmax minus the one-hot target, in place of the logits.
     let mut loss_sum = 0.0f64;
     for (row, &target) in d_logits.chunks_exact_mut(vocab).zip(targets) {
         assert!(
             target < vocab,
             "target {target} outside a vocabulary of {vocab}"
         );
+        add_into(row, &head.bias);
         let target_logit = row[target];
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f32;
+        let max = lanes(row, f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
         for v in row.iter_mut() {
             *v = exp(*v - max);
-            sum += *v;
         }
+        let sum = lanes(row, 0.0, |a, b| a + b);
         loss_sum += f64::from(max + sum.ln() - target_logit);
         let to_gradient = scale / sum;
         for v in row.iter_mut() {
