@@ -1,8 +1,12 @@
 //! `ember bench`: training and sampling throughput of the character model, one JSON line per
 //! case, with `burn::nn::Lstm` measured in the same run as the baseline and the PyTorch figures
 //! of the speed issue beside it. Each case runs in a child process of its own, so its peak
-//! resident memory is its own.
+//! resident memory is its own; with `--pytorch`, PyTorch runs the same case in a child of its own
+//! right after, so that the ratio to it holds on a noisy machine.
 
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -11,7 +15,7 @@ use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, LstmConfig};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use ember_model::{CellKind, CharLm, CharLmConfig, SampleConfig};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 const VOCAB: usize = 65;
 const D_EMBED: usize = 64;
@@ -68,7 +72,7 @@ pub fn cases() -> Vec<Case> {
     cases
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct Report {
     case: String,
     cell: String,
@@ -273,8 +277,80 @@ pub fn run_case(name: &str, device: &Device, seconds: f64) -> Result<()> {
     Ok(())
 }
 
-/// Measures every case (or those whose name contains `filter`), each in a child process.
-pub fn run_all(filter: Option<&str>, device_name: Option<&str>, seconds: f64) -> Result<()> {
+/// The PyTorch side of a case, measured by `bench/pytorch_baseline.py`.
+const PYTORCH_BASELINE: &str = include_str!("../bench/pytorch_baseline.py");
+
+/// What `bench/pytorch_baseline.py` prints.
+#[derive(Serialize, Deserialize)]
+struct PytorchReport {
+    /// The version of `torch` measured.
+    #[serde(rename(serialize = "pytorch_measured_version"))]
+    torch: String,
+    #[serde(rename(serialize = "pytorch_measured_train_chars_per_sec"))]
+    train_chars_per_sec: f64,
+    #[serde(rename(serialize = "pytorch_measured_sample_chars_per_sec"))]
+    sample_chars_per_sec: f64,
+    #[serde(rename(serialize = "pytorch_measured_peak_rss_mb"))]
+    peak_rss_mb: f64,
+}
+
+/// PyTorch measured on a case in the same run, and Ember's ratios to it.
+#[derive(Serialize)]
+struct PytorchMeasured {
+    #[serde(flatten)]
+    pytorch_measured: PytorchReport,
+    ratio_to_pytorch_measured_train: f64,
+    ratio_to_pytorch_measured_sample: f64,
+    /// Ember's peak resident memory over PyTorch's.
+    ratio_to_pytorch_measured_rss: f64,
+}
+
+/// Runs `case` through PyTorch with `python`, the script on its standard input.
+fn measure_pytorch(python: &Path, case: &Case, seconds: f64) -> Result<PytorchReport> {
+    let mut child = Command::new(python)
+        .arg("-")
+        .args(["--cell", &case.cell.to_string()])
+        .args(["--layers", &case.num_layers.to_string()])
+        .args(["--hidden", &case.d_hidden.to_string()])
+        .args(["--batch", &case.batch_size.to_string()])
+        .args(["--seq", &case.seq_len.to_string()])
+        .args(["--seconds", &seconds.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting --pytorch {}", python.display()))?;
+    child
+        .stdin
+        .take()
+        .context("the PyTorch child's input")?
+        .write_all(PYTORCH_BASELINE.as_bytes())
+        .context("sending the PyTorch baseline script")?;
+    let output = child
+        .wait_with_output()
+        .context("running the PyTorch baseline")?;
+    if !output.status.success() {
+        bail!(
+            "--pytorch {} failed on case {} (is torch installed for it?): {}",
+            python.display(),
+            case.name(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line)
+        .with_context(|| format!("reading the PyTorch baseline's report `{line}`"))
+}
+
+/// Measures every case (or those whose name contains `filter`), each in a child process, and
+/// PyTorch on each with `pytorch`, an interpreter with `torch`.
+pub fn run_all(
+    filter: Option<&str>,
+    device_name: Option<&str>,
+    seconds: f64,
+    pytorch: Option<&Path>,
+) -> Result<()> {
     let exe = std::env::current_exe().context("finding the ember binary")?;
     let selected: Vec<Case> = cases()
         .into_iter()
@@ -305,7 +381,30 @@ pub fn run_all(filter: Option<&str>, device_name: Option<&str>, seconds: f64) ->
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        print!("{}", String::from_utf8_lossy(&output.stdout));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let Some(python) = pytorch else {
+            print!("{stdout}");
+            continue;
+        };
+        let line = stdout.trim();
+        let ours: Report = serde_json::from_str(line).context("reading a bench case's report")?;
+        let torch = measure_pytorch(python, &case, seconds)?;
+        let measured = PytorchMeasured {
+            ratio_to_pytorch_measured_train: round3(
+                ours.train_chars_per_sec / torch.train_chars_per_sec,
+            ),
+            ratio_to_pytorch_measured_sample: round3(
+                ours.sample_chars_per_sec / torch.sample_chars_per_sec,
+            ),
+            ratio_to_pytorch_measured_rss: round3(ours.peak_rss_mb / torch.peak_rss_mb),
+            pytorch_measured: torch,
+        };
+        // The case's own line, its fields in order, with PyTorch's appended.
+        let extra = serde_json::to_string(&measured)?;
+        let (Some(ours), Some(extra)) = (line.strip_suffix('}'), extra.strip_prefix('{')) else {
+            bail!("a bench case's report `{line}` is not a JSON object");
+        };
+        println!("{ours},{extra}");
     }
     Ok(())
 }

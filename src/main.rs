@@ -158,6 +158,10 @@ struct BenchArgs {
     /// Seconds of training to time per model (sampling gets half).
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Also measure PyTorch on each case, in the same run, with this Python interpreter (one
+    /// with `torch` installed): `bench/pytorch_baseline.py`, 2 threads.
+    #[arg(long, conflicts_with = "case")]
+    pytorch: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -248,7 +252,12 @@ fn run(cli: Cli) -> Result<()> {
             }
             match &args.case {
                 Some(case) => bench::run_case(case, &device, args.seconds),
-                None => bench::run_all(args.filter.as_deref(), cli_device.as_deref(), args.seconds),
+                None => bench::run_all(
+                    args.filter.as_deref(),
+                    cli_device.as_deref(),
+                    args.seconds,
+                    args.pytorch.as_deref(),
+                ),
             }
         }
         Command::ImportTorch(args) => {

@@ -41,3 +41,60 @@ fn bench_prints_one_json_line_per_case() {
     let stderr = run_err(ember().args(["bench", "--seconds", "0"]));
     assert!(stderr.contains("--seconds"), "{stderr}");
 }
+
+/// Writes an executable stand-in for a Python interpreter: a shell script that swallows the
+/// baseline script on its input, checks the case's arguments, and answers `body`.
+fn stand_in(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\ncat > /dev/null\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// `--pytorch` runs the baseline on the same case and appends its figures and Ember's ratios to
+/// the case's line; a failing interpreter is an error naming it and the case.
+#[test]
+fn bench_appends_pytorch_measured_in_the_same_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let python = stand_in(
+        dir.path(),
+        "python",
+        r#"case "$*" in *"--cell rnn --layers 2 --hidden 128 --batch 32 --seq 64"*) ;; *) exit 3 ;; esac
+echo '{"torch": "stand-in", "threads": 2, "train_chars_per_sec": 1000, "sample_chars_per_sec": 10, "peak_rss_mb": 500.0}'"#,
+    );
+    let output = run_ok(
+        ember()
+            .args(["bench", "--filter", "rnn-2x128", "--seconds", "0.2"])
+            .arg("--pytorch")
+            .arg(&python),
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["case"], "rnn-2x128-b32-s64");
+    assert_eq!(report["pytorch_measured_version"], "stand-in");
+    assert_eq!(report["pytorch_measured_train_chars_per_sec"], 1000.0);
+    let ours = report["train_chars_per_sec"].as_f64().unwrap();
+    let ratio = report["ratio_to_pytorch_measured_train"].as_f64().unwrap();
+    assert!((ratio - ours / 1000.0).abs() < 1e-3, "{report}");
+    let rss = report["peak_rss_mb"].as_f64().unwrap();
+    let rss_ratio = report["ratio_to_pytorch_measured_rss"].as_f64().unwrap();
+    assert!((rss_ratio - rss / 500.0).abs() < 1e-3, "{report}");
+
+    let broken = stand_in(
+        dir.path(),
+        "no-torch",
+        "echo 'No module named torch' >&2; exit 1",
+    );
+    let stderr = run_err(
+        ember()
+            .args(["bench", "--filter", "rnn-2x128", "--seconds", "0.2"])
+            .arg("--pytorch")
+            .arg(&broken),
+    );
+    assert!(
+        stderr.contains("no-torch") && stderr.contains("rnn-2x128-b32-s64"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("No module named torch"), "{stderr}");
+}

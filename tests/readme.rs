@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use common::*;
 
 /// README commands that other tests run, and which.
-const RUN_ELSEWHERE: [(&str, &str); 3] = [
+const RUN_ELSEWHERE: [(&str, &str); 4] = [
     (
         "cargo build --release",
         "every end-to-end test: it runs the binary this command builds",
@@ -21,6 +21,10 @@ const RUN_ELSEWHERE: [(&str, &str); 3] = [
     (
         "cargo test --release --workspace --features ndarray",
         "the test command itself",
+    ),
+    (
+        "ember bench --filter b32 --pytorch /tmp/torch/bin/python",
+        "tests/bench.rs, with a stand-in interpreter: CI installs no PyTorch",
     ),
     (
         "cargo run --release -p use-as-library",
