@@ -99,7 +99,7 @@ impl CharLm {
         let (logits, state) = self.forward(ids, None);
         let last = logits.slice([0..1, prime.len() - 1..prime.len()]);
         Ok(Sampler {
-            host: self.host_stepper(&state),
+            host: self.host_stepper(&state, None),
             logits: to_vec(last.reshape([vocab_size])),
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             config,
@@ -108,8 +108,9 @@ impl CharLm {
 }
 
 impl CharLm {
-    /// The host stepper of this model from a one-stream `state`.
-    fn host_stepper(&self, state: &RecurrentState) -> HostStepper {
+    /// The host stepper of this model from a one-stream `state`, on `threads` threads (`None`:
+    /// as many as pay for its size).
+    fn host_stepper(&self, state: &RecurrentState, threads: Option<usize>) -> HostStepper {
         let states = state
             .layers
             .iter()
@@ -118,19 +119,20 @@ impl CharLm {
                 cell: layer.cell.clone().map_or_else(Vec::new, host),
             })
             .collect();
-        HostStepper::new(
-            self.embedding.as_ref().map(|e| host(e.weight.val())),
-            self.rnn.layers.iter().map(|l| l.host_weights()).collect(),
-            HeadWeights {
-                weight: host(self.head.weight.val()),
-                bias: self
-                    .head
-                    .bias
-                    .as_ref()
-                    .map_or_else(|| vec![0.0; self.vocab_size()], |b| host(b.val())),
-            },
-            states,
-        )
+        let embedding = self.embedding.as_ref().map(|e| host(e.weight.val()));
+        let layers = self.rnn.layers.iter().map(|l| l.host_weights()).collect();
+        let head = HeadWeights {
+            weight: host(self.head.weight.val()),
+            bias: self
+                .head
+                .bias
+                .as_ref()
+                .map_or_else(|| vec![0.0; self.vocab_size()], |b| host(b.val())),
+        };
+        match threads {
+            Some(threads) => HostStepper::with_threads(embedding, layers, head, states, threads),
+            None => HostStepper::new(embedding, layers, head, states),
+        }
     }
 }
 
@@ -209,13 +211,21 @@ mod tests {
         let device = Device::flex();
         for cell in CellKind::ALL {
             for d_embed in [0, 8] {
-                let model = CharLmConfig::new(13, cell, 16)
+                let model = CharLmConfig::new(13, cell, 15)
                     .with_num_layers(2)
                     .with_d_embed(d_embed)
                     .init(&device);
                 let prime = [3, 1, 4];
                 let sampler = model.sampler(&prime, SampleConfig::new(), &device).unwrap();
-                let mut host = sampler.host.clone();
+                let prime_ids =
+                    Tensor::<2, Int>::from_data(TensorData::new(vec![3i64, 1, 4], [1, 3]), &device);
+                let primed = model.forward(prime_ids, None).1;
+                // One thread and two: the split stepper must give the same logits.
+                let mut hosts = [1, 2].map(|threads| model.host_stepper(&primed, Some(threads)));
+                assert!(
+                    !sampler.host.is_split(),
+                    "a model this small steps on one thread"
+                );
                 let ids =
                     Tensor::<2, Int>::from_data(TensorData::new(vec![3i64, 1, 4], [1, 3]), &device);
                 let mut state = model.forward(ids, None).1;
@@ -226,7 +236,9 @@ mod tests {
                     let (logits, next) = model.step(input, state);
                     state = next;
                     let expected = to_vec(logits.reshape([13]));
-                    for (a, e) in host.step(id).iter().zip(&expected) {
+                    let [one, two] = hosts.each_mut().map(|host| host.step(id));
+                    assert_eq!(one, two, "{cell}, d_embed {d_embed}, step {t}");
+                    for (a, e) in one.iter().zip(&expected) {
                         assert!(
                             (a - e).abs() < 1e-5,
                             "{cell}, d_embed {d_embed}, step {t}: {a} vs {e}"

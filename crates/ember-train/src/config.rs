@@ -277,6 +277,8 @@ impl RunConfig {
         };
         // Deserializing the text itself keeps line numbers in the errors of the file's own keys.
         let from_file: RunConfig = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        // A config that the overrides make invalid is their error, not the file's.
+        let blame_overrides = !overrides.is_empty() && from_file.validate().is_ok();
         let config = if overrides.is_empty() {
             from_file
         } else {
@@ -296,7 +298,17 @@ impl RunConfig {
             RunConfig::deserialize(toml::Value::Table(table))
                 .map_err(|e: toml::de::Error| bad(e.to_string()))?
         };
-        config.validate().map_err(bad)?;
+        config.validate().map_err(|message| match blame_overrides {
+            true => TrainError::Config {
+                origin: overrides
+                    .iter()
+                    .map(|assignment| format!("--set {assignment}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                message,
+            },
+            false => bad(message),
+        })?;
         Ok(config)
     }
 
@@ -541,6 +553,23 @@ mod tests {
         let err = set("nosuch.key=1").unwrap_err().to_string();
         assert!(err.contains("nosuch"), "{err}");
         assert!(set("steps").is_err());
+        // A value of the right type that validation refuses is the override's error too, and an
+        // override may mend a file that is invalid on its own.
+        let err = set("data.val_fraction=1").unwrap_err().to_string();
+        assert!(
+            err.contains("--set data.val_fraction=1") && err.contains("val_fraction"),
+            "{err}"
+        );
+        let invalid_file = "[data]\nval_fraction = 2.0\n";
+        assert!(RunConfig::parse(invalid_file, "test.toml", &[]).is_err());
+        let mended = ["data.val_fraction=0.2".to_string()];
+        assert_eq!(
+            RunConfig::parse(invalid_file, "test.toml", &mended)
+                .unwrap()
+                .data
+                .val_fraction,
+            0.2
+        );
     }
 
     mod properties {

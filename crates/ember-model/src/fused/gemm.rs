@@ -83,7 +83,7 @@ impl Packed {
     /// Sets rows `first..` from row-major `rows` (`[count, n]`).
     pub(crate) fn set_rows(&mut self, first: usize, rows: &[f32]) {
         let (k, n) = (self.k, self.n);
-        assert!(rows.len() % n.max(1) == 0 && first * n + rows.len() <= k * n);
+        assert!(rows.len().is_multiple_of(n.max(1)) && first * n + rows.len() <= k * n);
         if !self.panels {
             self.data[first * n..first * n + rows.len()].copy_from_slice(rows);
             return;

@@ -1,0 +1,546 @@
+//! One stream of a character model stepped on the host: the fast path of sampling, where a batch
+//! of one makes every tensor operation tiny and Burn's per-operation cost dominates.
+//!
+//! A step reads every weight once, so it is bound by how fast a core reads them, and a model
+//! whose weights outgrow a core's cache by how fast memory does. On two cores every layer's
+//! hidden units are split in two, and each thread owns the columns of every gate block that feed
+//! its units: each reads half of the weights, from its own cache. The threads meet once per layer,
+//! when the layer's new hidden vector is whole, on a barrier that spins.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::gemm::{Packed, Right, matmul};
+use super::{HeadWeights, HostState, LayerWeights, sigmoid, tanh};
+use crate::CellKind;
+
+/// Bytes of recurrent weights from which a stepper runs on two threads. Measured on 2 cores:
+/// from 64 KB up (a 1x64 LSTM) two threads step faster, from 1.3x at 2x128 to 3.7x at 2x256,
+/// where half of the weights fit a core's L2 cache and the whole do not; below, the meetings
+/// cost more than the halved products save.
+const SPLIT_FROM_BYTES: usize = 64 << 10;
+
+/// Spins of a waiting worker before it sleeps between characters.
+const SPINS_BEFORE_SLEEP: u32 = 1 << 14;
+
+/// One layer's weights for a range of its hidden units: the columns of every gate block that
+/// feed those units.
+#[derive(Debug)]
+struct UnitSlice {
+    cell: CellKind,
+    units: Range<usize>,
+    /// The bias of the input projection (see `LayerWeights::input_bias`), `[G * u]`.
+    input_bias: Vec<f32>,
+    /// GRU: `b_hh`, which the reset gate scales, `[G * u]`; empty for the other cells.
+    bias_hh: Vec<f32>,
+    /// The bottom layer: each character's input projection, bias included, `[vocab, G * u]`.
+    by_id: Option<Vec<f32>>,
+    /// `W_ih` of the layers above the bottom, `[d_input, G * u]`.
+    weight_ih: Option<Packed>,
+    /// `W_hh`, `[d_hidden, G * u]`.
+    weight_hh: Packed,
+}
+
+/// The columns of `matrix` (`[rows, gates * h]`) that feed `units`: in every gate block,
+/// `[rows, gates * units.len()]`.
+fn unit_columns(matrix: &[f32], gates: usize, h: usize, units: &Range<usize>) -> Vec<f32> {
+    matrix
+        .chunks_exact(gates * h)
+        .flat_map(|row| (0..gates).flat_map(move |b| &row[b * h + units.start..b * h + units.end]))
+        .copied()
+        .collect()
+}
+
+impl UnitSlice {
+    /// The slice of `layer` for `units`; `projected` is the bottom layer's projection of every
+    /// character (`[vocab, G * H]`, bias included), `None` for the layers above.
+    fn new(layer: &LayerWeights, units: Range<usize>, projected: Option<&[f32]>) -> UnitSlice {
+        let (h, gates) = (layer.d_hidden, layer.cell.num_gates());
+        let width = gates * units.len();
+        let columns = |matrix: &[f32]| unit_columns(matrix, gates, h, &units);
+        UnitSlice {
+            cell: layer.cell,
+            input_bias: columns(&layer.input_bias()),
+            bias_hh: match layer.cell {
+                CellKind::Gru => columns(&layer.bias_hh),
+                _ => Vec::new(),
+            },
+            by_id: projected.map(columns),
+            weight_ih: projected
+                .is_none()
+                .then(|| Packed::new(&columns(&layer.weight_ih), (width, 1), layer.d_input, width)),
+            weight_hh: Packed::new(&columns(&layer.weight_hh), (width, 1), h, width),
+            units,
+        }
+    }
+}
+
+/// `out += x w` for a row vector `x` and a packed `w: [x.len(), out.len()]`.
+#[inline(always)]
+fn add_vector_matrix(out: &mut [f32], x: &[f32], w: &Packed) {
+    matmul(
+        (1, x.len(), out.len()),
+        x,
+        (x.len(), 1),
+        Right::Packed(w),
+        true,
+        out,
+    );
+}
+
+dispatch_simd!(
+    slice_step,
+    slice_step_avx512,
+    slice_step_avx2,
+    slice_step_portable,
+    (
+        slice: &UnitSlice,
+        id: usize,
+        below: &[f32],
+        hidden: &[f32],
+        cell: &mut [f32],
+        out: &mut [f32]
+    ) -> ()
+);
+
+/// Steps the units of `slice`: from the layer's input (`below`, or at the bottom the projection
+/// `id` picks), the whole previous hidden vector `hidden` and the units' cell values `cell`
+/// (LSTM, updated in place), writes the units' new hidden values into `out`.
+#[inline(always)]
+fn slice_step_portable(
+    slice: &UnitSlice,
+    id: usize,
+    below: &[f32],
+    hidden: &[f32],
+    cell: &mut [f32],
+    out: &mut [f32],
+) {
+    let u = slice.units.len();
+    let width = slice.cell.num_gates() * u;
+    let mut gates = match (&slice.by_id, &slice.weight_ih) {
+        (Some(by_id), _) => by_id[id * width..(id + 1) * width].to_vec(),
+        (None, Some(weight_ih)) => {
+            let mut gates = slice.input_bias.clone();
+            add_vector_matrix(&mut gates, below, weight_ih);
+            gates
+        }
+        (None, None) => unreachable!("a slice has an input projection"),
+    };
+    match slice.cell {
+        CellKind::Rnn => {
+            add_vector_matrix(&mut gates, hidden, &slice.weight_hh);
+            for (out, pre) in out.iter_mut().zip(&gates) {
+                *out = tanh(*pre);
+            }
+        }
+        CellKind::Lstm => {
+            add_vector_matrix(&mut gates, hidden, &slice.weight_hh);
+            // Loops over whole slices, one activation each, so that they vectorize.
+            let (input_forget, rest) = gates.split_at_mut(2 * u);
+            let (candidate, out_gate) = rest.split_at_mut(u);
+            for v in input_forget.iter_mut() {
+                *v = sigmoid(*v);
+            }
+            let (input_gate, forget) = input_forget.split_at(u);
+            for v in out_gate.iter_mut() {
+                *v = sigmoid(*v);
+            }
+            for v in candidate.iter_mut() {
+                *v = tanh(*v);
+            }
+            let gates = input_gate
+                .iter()
+                .zip(forget.iter())
+                .zip(candidate.iter())
+                .zip(out_gate.iter());
+            for ((cell, out), (((i, f), candidate), o)) in cell.iter_mut().zip(out).zip(gates) {
+                *cell = f * *cell + i * candidate;
+                *out = o * tanh(*cell);
+            }
+        }
+        CellKind::Gru => {
+            let mut projected = slice.bias_hh.clone();
+            add_vector_matrix(&mut projected, hidden, &slice.weight_hh);
+            let (reset_update, candidate) = gates.split_at_mut(2 * u);
+            let (p_reset_update, p_new) = projected.split_at(2 * u);
+            for (v, p) in reset_update.iter_mut().zip(p_reset_update) {
+                *v = sigmoid(*v + p);
+            }
+            let (reset, update) = reset_update.split_at(u);
+            for ((v, p), r) in candidate.iter_mut().zip(p_new).zip(reset.iter()) {
+                *v = tanh(*v + r * p);
+            }
+            let previous = &hidden[slice.units.clone()];
+            let values = update.iter().zip(candidate.iter()).zip(previous);
+            for (out, ((z, n), previous)) in out.iter_mut().zip(values) {
+                *out = n + z * (previous - n);
+            }
+        }
+    }
+}
+
+/// Every layer's hidden vector, twice: the one a step reads and the one it writes, which swap
+/// after every character. The two threads write disjoint units of the same vector, so the
+/// vectors are reached through raw pointers, never through a reference to a whole vector.
+#[derive(Debug)]
+struct HiddenBuffers {
+    /// Per layer, both vectors' first values.
+    pointers: Vec<[*mut f32; 2]>,
+    widths: Vec<usize>,
+    /// The vectors themselves, only ever dropped: the pointers lead into them.
+    _storage: Vec<[Vec<f32>; 2]>,
+}
+
+impl HiddenBuffers {
+    fn new(states: &[HostState]) -> HiddenBuffers {
+        let mut storage: Vec<[Vec<f32>; 2]> = states
+            .iter()
+            .map(|state| [state.hidden.clone(), state.hidden.clone()])
+            .collect();
+        HiddenBuffers {
+            pointers: storage
+                .iter_mut()
+                .map(|[a, b]| [a.as_mut_ptr(), b.as_mut_ptr()])
+                .collect(),
+            widths: states.iter().map(|state| state.hidden.len()).collect(),
+            _storage: storage,
+        }
+    }
+
+    /// Layer `layer`'s vector `which`.
+    ///
+    /// # Safety
+    /// No thread writes any of it while the slice lives.
+    unsafe fn read(&self, layer: usize, which: usize) -> &[f32] {
+        // SAFETY: the pointer leads to `widths[layer]` values owned by `_storage`; the caller
+        // keeps writers away.
+        unsafe { std::slice::from_raw_parts(self.pointers[layer][which], self.widths[layer]) }
+    }
+
+    /// `units` of layer `layer`'s vector `which`.
+    ///
+    /// # Safety
+    /// No other thread reads or writes these units while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn write(&self, layer: usize, which: usize, units: &Range<usize>) -> &mut [f32] {
+        assert!(units.end <= self.widths[layer]);
+        // SAFETY: in bounds (above), and the caller keeps every other access to these units away.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.pointers[layer][which].add(units.start),
+                units.len(),
+            )
+        }
+    }
+}
+
+/// A barrier for two threads that spins: the threads meet once per layer and character, far
+/// too often to sleep in between.
+#[derive(Debug, Default)]
+struct SpinBarrier {
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+}
+
+impl SpinBarrier {
+    /// Returns once both threads have called it; `may_sleep` lets the caller sleep after a while
+    /// of waiting (the worker, between characters).
+    fn wait(&self, may_sleep: bool) {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) == 1 {
+            // Reset before the release below, which the other thread waits to see.
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+            return;
+        }
+        let mut spins = 0u32;
+        while self.generation.load(Ordering::Acquire) == generation {
+            if may_sleep && spins >= SPINS_BEFORE_SLEEP {
+                std::thread::park_timeout(Duration::from_micros(200));
+            } else {
+                std::hint::spin_loop();
+                spins += 1;
+            }
+        }
+    }
+}
+
+/// What the two threads of a split stepper share.
+#[derive(Debug)]
+struct Shared {
+    hidden: HiddenBuffers,
+    /// The character of the step about to run.
+    id: AtomicUsize,
+    barrier: SpinBarrier,
+    quit: AtomicBool,
+}
+
+// SAFETY: the raw pointers of `hidden` lead into vectors `Shared` owns; the threads reach them
+// only as `HiddenBuffers`' contract says, ordered by `barrier`.
+unsafe impl Send for Shared {}
+// SAFETY: as above.
+unsafe impl Sync for Shared {}
+
+/// One thread's part of every layer, and its cell values.
+#[derive(Debug)]
+struct Part {
+    slices: Vec<UnitSlice>,
+    /// Per layer, the LSTM cell values of the part's units; empty for the other cells.
+    cells: Vec<Vec<f32>>,
+}
+
+impl Part {
+    /// Steps every layer's slice of this part for character `id`, reading the vectors `parity`
+    /// and writing the others; `meet` runs after each layer.
+    ///
+    /// # Safety
+    /// The other thread, if any, steps the other units of the same layers at the same time and
+    /// meets this one after each layer.
+    unsafe fn step(&mut self, shared: &Shared, id: usize, parity: usize, meet: impl Fn()) {
+        for (layer, (slice, cell)) in self.slices.iter().zip(&mut self.cells).enumerate() {
+            // SAFETY: during a layer both threads only read the previous vectors and the layer
+            // below's new one (whole since the last meeting), and each writes its own units.
+            unsafe {
+                let below = match layer {
+                    0 => &[][..],
+                    _ => shared.hidden.read(layer - 1, 1 - parity),
+                };
+                let hidden = shared.hidden.read(layer, parity);
+                let out = shared.hidden.write(layer, 1 - parity, &slice.units);
+                slice_step(slice, id, below, hidden, cell, out);
+            }
+            meet();
+        }
+    }
+}
+
+/// One stream of a character model stepped on the host, on one thread or, for weights larger
+/// than a core's cache, two.
+#[derive(Debug)]
+pub struct HostStepper {
+    /// This thread's part: every unit, or the first half of each layer's.
+    part: Part,
+    shared: Arc<Shared>,
+    /// The thread that steps the other half, where there is one.
+    worker: Option<JoinHandle<()>>,
+    /// Which of each layer's vectors holds the current state.
+    parity: usize,
+    vocab_size: usize,
+    head: HeadWeights,
+    packed_head: Packed,
+}
+
+impl HostStepper {
+    /// A stepper from the model's weights (`embedding` `[vocab_size, d_embed]` or `None`, the
+    /// layers and the head) and each layer's state for one stream; on two threads where the
+    /// machine has two cores and the weights are large enough to pay for it.
+    pub fn new(
+        embedding: Option<Vec<f32>>,
+        layers: Vec<LayerWeights>,
+        head: HeadWeights,
+        states: Vec<HostState>,
+    ) -> Self {
+        let bytes: usize = layers
+            .iter()
+            .enumerate()
+            .map(|(k, layer)| {
+                let inputs = if k == 0 { 0 } else { layer.weight_ih.len() };
+                4 * (inputs + layer.weight_hh.len())
+            })
+            .sum();
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let threads = if bytes >= SPLIT_FROM_BYTES && cores >= 2 {
+            2
+        } else {
+            1
+        };
+        Self::with_threads(embedding, layers, head, states, threads)
+    }
+
+    /// [`HostStepper::new`] on `threads` threads (1 or 2).
+    pub fn with_threads(
+        embedding: Option<Vec<f32>>,
+        layers: Vec<LayerWeights>,
+        head: HeadWeights,
+        states: Vec<HostState>,
+        threads: usize,
+    ) -> Self {
+        assert!(!layers.is_empty(), "a stepper has a layer");
+        assert_eq!(layers.len(), states.len(), "one state per layer");
+        assert!((1..=2).contains(&threads), "1 or 2 threads");
+        let vocab_size = head.bias.len();
+        // The bottom layer's projection of every character, bias included: each step picks a row.
+        let bottom = &layers[0];
+        let g = bottom.gates();
+        let mut projected: Vec<f32> = bottom
+            .input_bias()
+            .repeat(vocab_size_of(&embedding, bottom));
+        match &embedding {
+            Some(table) => matmul(
+                (projected.len() / g, bottom.d_input, g),
+                table,
+                (bottom.d_input, 1),
+                Right::Rows(&bottom.weight_ih, g),
+                true,
+                &mut projected,
+            ),
+            None => super::add_into(&mut projected, &bottom.weight_ih),
+        }
+        let part = |half: usize| {
+            let slices = layers
+                .iter()
+                .enumerate()
+                .map(|(k, layer)| {
+                    let h = layer.d_hidden;
+                    let units = half * h / threads..(half + 1) * h / threads;
+                    UnitSlice::new(layer, units, (k == 0).then_some(&projected[..]))
+                })
+                .collect::<Vec<_>>();
+            let cells = slices
+                .iter()
+                .zip(&states)
+                .map(|(slice, state)| match slice.cell {
+                    CellKind::Lstm => state.cell[slice.units.clone()].to_vec(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            Part { slices, cells }
+        };
+        let shared = Arc::new(Shared {
+            hidden: HiddenBuffers::new(&states),
+            id: AtomicUsize::new(0),
+            barrier: SpinBarrier::default(),
+            quit: AtomicBool::new(false),
+        });
+        let worker = (threads == 2).then(|| {
+            let mut part = part(1);
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("ember-stepper".into())
+                .spawn(move || {
+                    let mut parity = 0;
+                    loop {
+                        shared.barrier.wait(true);
+                        if shared.quit.load(Ordering::Acquire) {
+                            return;
+                        }
+                        let id = shared.id.load(Ordering::Acquire);
+                        // SAFETY: the main thread steps the other half, meeting after each layer.
+                        unsafe { part.step(&shared, id, parity, || shared.barrier.wait(false)) };
+                        parity = 1 - parity;
+                    }
+                })
+                .expect("starting the stepper's second thread")
+        });
+        HostStepper {
+            part: part(0),
+            shared,
+            worker,
+            parity: 0,
+            vocab_size,
+            packed_head: Packed::new(
+                &head.weight,
+                (vocab_size, 1),
+                head.weight.len() / vocab_size,
+                vocab_size,
+            ),
+            head,
+        }
+    }
+
+    /// Reads character `id` and returns the logits of the next one.
+    pub fn step(&mut self, id: usize) -> Vec<f32> {
+        assert!(
+            id < self.vocab_size,
+            "id {id} outside a vocabulary of {}",
+            self.vocab_size
+        );
+        let shared = &*self.shared;
+        match &self.worker {
+            Some(worker) => {
+                shared.id.store(id, Ordering::Release);
+                shared.barrier.wait(false);
+                worker.thread().unpark();
+                // SAFETY: the worker steps the other half, meeting after each layer.
+                unsafe {
+                    self.part
+                        .step(shared, id, self.parity, || shared.barrier.wait(false))
+                };
+            }
+            // SAFETY: no other thread.
+            None => unsafe { self.part.step(shared, id, self.parity, || {}) },
+        }
+        self.parity = 1 - self.parity;
+        let top = self.part.slices.len() - 1;
+        let mut logits = self.head.bias.clone();
+        // SAFETY: both threads are done with the step (they met after the top layer).
+        let hidden = unsafe { shared.hidden.read(top, self.parity) };
+        add_vector_matrix(&mut logits, hidden, &self.packed_head);
+        logits
+    }
+
+    /// Whether a second thread steps half of every layer.
+    pub fn is_split(&self) -> bool {
+        self.worker.is_some()
+    }
+}
+
+/// The bottom layer's vocabulary: the embedding table's rows, or the one-hot width.
+fn vocab_size_of(embedding: &Option<Vec<f32>>, bottom: &LayerWeights) -> usize {
+    match embedding {
+        Some(table) => table.len() / bottom.d_input,
+        None => bottom.d_input,
+    }
+}
+
+impl Drop for HostStepper {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            self.shared.quit.store(true, Ordering::Release);
+            self.shared.barrier.wait(false);
+            worker.thread().unpark();
+            // A worker that panicked has nothing left to clean up.
+            let _ = worker.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sampler moves between threads with its stepper.
+    #[test]
+    fn a_stepper_is_send() {
+        fn send<T: Send>() {}
+        send::<HostStepper>();
+    }
+
+    /// Both threads pass every meeting, many times over, and the stepper's drop ends the worker.
+    #[test]
+    fn the_barrier_holds_both_threads_together() {
+        let barrier = Arc::new(SpinBarrier::default());
+        let count = Arc::new(AtomicUsize::new(0));
+        let other = {
+            let (barrier, count) = (Arc::clone(&barrier), Arc::clone(&count));
+            std::thread::spawn(move || {
+                for round in 0..10_000 {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    barrier.wait(round % 2 == 0);
+                    barrier.wait(false);
+                }
+            })
+        };
+        for round in 0..10_000 {
+            count.fetch_add(1, Ordering::Relaxed);
+            barrier.wait(false);
+            // Both threads counted this round before either passed the first meeting.
+            assert_eq!(count.load(Ordering::Relaxed), 2 * (round + 1));
+            barrier.wait(false);
+        }
+        other.join().unwrap();
+    }
+}
