@@ -205,45 +205,45 @@ mod tests {
     use crate::{CellKind, CharLmConfig};
 
     /// The host stepper gives Burn's logits, step after step, for every cell, with and without
-    /// an embedding.
+    /// an embedding, on one thread and on two (also where the halves are uneven, or one of
+    /// them empty).
     #[test]
     fn the_host_stepper_follows_the_model() {
         let device = Device::flex();
-        for cell in CellKind::ALL {
-            for d_embed in [0, 8] {
-                let model = CharLmConfig::new(13, cell, 15)
-                    .with_num_layers(2)
-                    .with_d_embed(d_embed)
-                    .init(&device);
-                let prime = [3, 1, 4];
-                let sampler = model.sampler(&prime, SampleConfig::new(), &device).unwrap();
-                let prime_ids =
-                    Tensor::<2, Int>::from_data(TensorData::new(vec![3i64, 1, 4], [1, 3]), &device);
-                let primed = model.forward(prime_ids, None).1;
-                // One thread and two: the split stepper must give the same logits.
-                let mut hosts = [1, 2].map(|threads| model.host_stepper(&primed, Some(threads)));
-                assert!(
-                    !sampler.host.is_split(),
-                    "a model this small steps on one thread"
-                );
-                let ids =
-                    Tensor::<2, Int>::from_data(TensorData::new(vec![3i64, 1, 4], [1, 3]), &device);
-                let mut state = model.forward(ids, None).1;
-                for t in 0..40 {
-                    let id = (t * 5 + 2) % 13;
-                    let input =
-                        Tensor::<1, Int>::from_data(TensorData::new(vec![id as i64], [1]), &device);
-                    let (logits, next) = model.step(input, state);
-                    state = next;
-                    let expected = to_vec(logits.reshape([13]));
-                    let [one, two] = hosts.each_mut().map(|host| host.step(id));
-                    assert_eq!(one, two, "{cell}, d_embed {d_embed}, step {t}");
-                    for (a, e) in one.iter().zip(&expected) {
-                        assert!(
-                            (a - e).abs() < 1e-5,
-                            "{cell}, d_embed {d_embed}, step {t}: {a} vs {e}"
-                        );
-                    }
+        let cases = CellKind::ALL
+            .into_iter()
+            .flat_map(|cell| [(cell, 0, 15), (cell, 8, 15), (cell, 8, 1)]);
+        for (cell, d_embed, d_hidden) in cases {
+            let model = CharLmConfig::new(13, cell, d_hidden)
+                .with_num_layers(2)
+                .with_d_embed(d_embed)
+                .init(&device);
+            let prime = [3, 1, 4];
+            let sampler = model.sampler(&prime, SampleConfig::new(), &device).unwrap();
+            let prime_ids =
+                Tensor::<2, Int>::from_data(TensorData::new(vec![3i64, 1, 4], [1, 3]), &device);
+            let primed = model.forward(prime_ids, None).1;
+            // One thread and two: the split stepper must give the same logits.
+            let mut hosts = [1, 2].map(|threads| model.host_stepper(&primed, Some(threads)));
+            assert!(
+                !sampler.host.is_split(),
+                "a model this small steps on one thread"
+            );
+            let mut state = primed;
+            for t in 0..40 {
+                let id = (t * 5 + 2) % 13;
+                let input =
+                    Tensor::<1, Int>::from_data(TensorData::new(vec![id as i64], [1]), &device);
+                let (logits, next) = model.step(input, state);
+                state = next;
+                let expected = to_vec(logits.reshape([13]));
+                let [one, two] = hosts.each_mut().map(|host| host.step(id));
+                assert_eq!(one, two, "{cell}, d_embed {d_embed}, step {t}");
+                for (a, e) in one.iter().zip(&expected) {
+                    assert!(
+                        (a - e).abs() < 1e-5,
+                        "{cell}, d_embed {d_embed}, step {t}: {a} vs {e}"
+                    );
                 }
             }
         }

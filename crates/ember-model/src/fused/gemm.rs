@@ -84,6 +84,9 @@ impl Packed {
     pub(crate) fn set_rows(&mut self, first: usize, rows: &[f32]) {
         let (k, n) = (self.k, self.n);
         assert!(rows.len().is_multiple_of(n.max(1)) && first * n + rows.len() <= k * n);
+        if n == 0 {
+            return;
+        }
         if !self.panels {
             self.data[first * n..first * n + rows.len()].copy_from_slice(rows);
             return;

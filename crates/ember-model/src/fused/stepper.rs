@@ -317,8 +317,8 @@ impl Part {
     }
 }
 
-/// One stream of a character model stepped on the host, on one thread or, for weights larger
-/// than a core's cache, two.
+/// One stream of a character model stepped on the host, on one thread or two (see the module
+/// docs).
 #[derive(Debug)]
 pub struct HostStepper {
     /// This thread's part: every unit, or the first half of each layer's.
@@ -389,13 +389,14 @@ impl HostStepper {
             ),
             None => super::add_into(&mut projected, &bottom.weight_ih),
         }
-        let part = |half: usize| {
+        // One thread's part of every layer: half `half` of `halves`.
+        let part = |half: usize, halves: usize| {
             let slices = layers
                 .iter()
                 .enumerate()
                 .map(|(k, layer)| {
                     let h = layer.d_hidden;
-                    let units = half * h / threads..(half + 1) * h / threads;
+                    let units = half * h / halves..(half + 1) * h / halves;
                     UnitSlice::new(layer, units, (k == 0).then_some(&projected[..]))
                 })
                 .collect::<Vec<_>>();
@@ -415,28 +416,38 @@ impl HostStepper {
             barrier: SpinBarrier::default(),
             quit: AtomicBool::new(false),
         });
-        let worker = (threads == 2).then(|| {
-            let mut part = part(1);
-            let shared = Arc::clone(&shared);
-            std::thread::Builder::new()
-                .name("ember-stepper".into())
-                .spawn(move || {
-                    let mut parity = 0;
-                    loop {
-                        shared.barrier.wait(true);
-                        if shared.quit.load(Ordering::Acquire) {
-                            return;
+        let worker = match threads {
+            2 => {
+                let mut other = part(1, 2);
+                let shared = Arc::clone(&shared);
+                let spawned = std::thread::Builder::new()
+                    .name("ember-stepper".into())
+                    .spawn(move || {
+                        let mut parity = 0;
+                        loop {
+                            shared.barrier.wait(true);
+                            if shared.quit.load(Ordering::Acquire) {
+                                return;
+                            }
+                            let id = shared.id.load(Ordering::Acquire);
+                            // SAFETY: the main thread steps the other half, meeting after each
+                            // layer.
+                            unsafe {
+                                other.step(&shared, id, parity, || shared.barrier.wait(false))
+                            };
+                            parity = 1 - parity;
                         }
-                        let id = shared.id.load(Ordering::Acquire);
-                        // SAFETY: the main thread steps the other half, meeting after each layer.
-                        unsafe { part.step(&shared, id, parity, || shared.barrier.wait(false)) };
-                        parity = 1 - parity;
-                    }
-                })
-                .expect("starting the stepper's second thread")
-        });
+                    });
+                // Without a second thread the stepper still works, on one.
+                spawned
+                    .inspect_err(|err| log::warn!("sampling on one thread: {err}"))
+                    .ok()
+            }
+            _ => None,
+        };
+        let halves = if worker.is_some() { 2 } else { 1 };
         HostStepper {
-            part: part(0),
+            part: part(0, halves),
             shared,
             worker,
             parity: 0,
