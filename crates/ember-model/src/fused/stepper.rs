@@ -17,10 +17,11 @@ use super::gemm::{Packed, Right, matmul};
 use super::{HeadWeights, HostState, LayerWeights, sigmoid, tanh};
 use crate::CellKind;
 
-/// Bytes of recurrent weights from which a stepper runs on two threads. Measured on 2 cores:
-/// from 64 KB up (a 1x64 LSTM) two threads step faster, from 1.3x at 2x128 to 3.7x at 2x256,
-/// where half of the weights fit a core's L2 cache and the whole do not; below, the meetings
-/// cost more than the halved products save.
+/// Bytes of recurrent weights from which a stepper runs on two threads. Measured on 2 cores,
+/// two threads stepped faster on every bench case, from 64 KB (a 1x64 LSTM, 1.1x) through 2x128
+/// (1.5x) to 2x256 (3.7x, where half of the weights fit a core's L2 cache and the whole do not).
+/// Smaller models were not measured: their steps are so short that the meetings, one per layer,
+/// would be a large part of them.
 const SPLIT_FROM_BYTES: usize = 64 << 10;
 
 /// Spins of a waiting worker before it sleeps between characters.
