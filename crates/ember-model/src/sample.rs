@@ -237,6 +237,10 @@ mod tests {
                 let (logits, next) = model.step(input, state);
                 state = next;
                 let expected = to_vec(logits.reshape([13]));
+                if t == 20 {
+                    // Long enough for the second thread to fall asleep between characters.
+                    std::thread::sleep(std::time::Duration::from_millis(30));
+                }
                 let [one, two] = hosts.each_mut().map(|host| host.step(id));
                 assert_eq!(one, two, "{cell}, d_embed {d_embed}, step {t}");
                 for (a, e) in one.iter().zip(&expected) {

@@ -260,7 +260,9 @@ impl SpinBarrier {
         let mut spins = 0u32;
         while self.generation.load(Ordering::Acquire) == generation {
             if may_sleep && spins >= SPINS_BEFORE_SLEEP {
-                std::thread::park_timeout(Duration::from_micros(200));
+                // The main thread unparks the worker once it has released the barrier; the
+                // timeout only bounds a sleep that nothing else would end.
+                std::thread::park_timeout(Duration::from_millis(10));
             } else {
                 std::hint::spin_loop();
                 spins += 1;
