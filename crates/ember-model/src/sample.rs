@@ -56,7 +56,9 @@ pub enum SampleError {
 /// An endless iterator of sampled character ids; take as many as you need.
 ///
 /// Created by [`CharLm::sampler`]. The model should be on a device without autodiff (see
-/// [`burn::module::Module::valid`]): sampling records no graph.
+/// [`burn::module::Module::valid`]): sampling records no graph. Characters are stepped on the
+/// host by a [`HostStepper`], which on a machine with two cores keeps a second thread for as long
+/// as the sampler lives (asleep between characters).
 pub struct Sampler {
     logits: Vec<f32>,
     rng: ChaCha8Rng,
