@@ -127,7 +127,7 @@ pub enum StackInput {
 
 impl StackInput {
     /// The vocabulary size of an id input: the table's rows, or the width of a one-hot vector.
-    fn vocab_size(table: Option<&Vec<f32>>, d_input: usize) -> usize {
+    fn vocab_size(table: Option<&[f32]>, d_input: usize) -> usize {
         table.map_or(d_input, |table| table.len() / d_input)
     }
 }
@@ -199,6 +199,31 @@ impl StackTape {
             })
             .collect()
     }
+}
+
+/// Every character's input projection through `weights`, bias included,
+/// `[vocab_size, G * d_hidden]`: the rows of `table` (`[vocab_size, d_input]`) times `W_ih`, or
+/// for one-hot inputs (`None`) the rows of `W_ih` themselves.
+fn project_vocabulary(weights: &LayerWeights, table: Option<&[f32]>) -> Vec<f32> {
+    let (d_in, g) = (weights.d_input, weights.gates());
+    let vocab = StackInput::vocab_size(table, d_in);
+    let bias = weights.input_bias();
+    let mut projected = pool::scratch(vocab * g);
+    for row in projected.chunks_exact_mut(g) {
+        row.copy_from_slice(&bias);
+    }
+    match table {
+        Some(table) => matmul(
+            (vocab, d_in, g),
+            table,
+            (d_in, 1),
+            Right::Rows(&weights.weight_ih, g),
+            true,
+            &mut projected,
+        ),
+        None => add_into(&mut projected, &weights.weight_ih),
+    }
+    projected
 }
 
 /// `sum += part`, element by element: how shards' gradients and a batch's rows are summed.
@@ -303,6 +328,7 @@ macro_rules! dispatch_simd {
     };
 }
 
+// After `dispatch_simd!`, which the stepper's kernels use.
 mod stepper;
 pub use stepper::HostStepper;
 
@@ -331,42 +357,20 @@ fn layer_forward_portable(
     // Id inputs: each character's projection, bias included, which every step picks its rows
     // from; dense rows: their projection, to which every step adds the bias. Either way a step's
     // input part is completed while its rows are in the cache, not in a pass of its own.
-    let mut projected_ids = Vec::new();
-    match &input {
-        StackInput::Rows(input) => matmul(
-            (rows, d_in, g),
-            input,
-            (d_in, 1),
-            Right::Rows(&weights.weight_ih, g),
-            false,
-            &mut gates,
-        ),
-        StackInput::Ids { table, .. } => {
-            let vocab = StackInput::vocab_size(table.as_ref(), d_in);
-            projected_ids = pool::scratch(vocab * g);
-            for row in projected_ids.chunks_exact_mut(g) {
-                row.copy_from_slice(&bias);
-            }
-            match table {
-                Some(table) => matmul(
-                    (vocab, d_in, g),
-                    table,
-                    (d_in, 1),
-                    Right::Rows(&weights.weight_ih, g),
-                    true,
-                    &mut projected_ids,
-                ),
-                None => {
-                    let rows = projected_ids
-                        .chunks_exact_mut(g)
-                        .zip(weights.weight_ih.chunks_exact(g));
-                    for (row, weights_row) in rows {
-                        add_into(row, weights_row);
-                    }
-                }
-            }
+    let projected_ids = match &input {
+        StackInput::Rows(input) => {
+            matmul(
+                (rows, d_in, g),
+                input,
+                (d_in, 1),
+                Right::Rows(&weights.weight_ih, g),
+                false,
+                &mut gates,
+            );
+            Vec::new()
         }
-    }
+        StackInput::Ids { table, .. } => project_vocabulary(weights, table.as_deref()),
+    };
     let mut hiddens = pool::scratch((seq_len + 1) * width);
     hiddens[..width].copy_from_slice(&state.hidden);
     let mut cells = Vec::new();
@@ -601,7 +605,7 @@ fn layer_backward_portable(
     // input goes.
     let mut per_id = match &tape.input {
         StackInput::Ids { table, .. } => {
-            vec![0.0; StackInput::vocab_size(table.as_ref(), d_in) * g]
+            vec![0.0; StackInput::vocab_size(table.as_deref(), d_in) * g]
         }
         StackInput::Rows(_) => Vec::new(),
     };
@@ -670,7 +674,7 @@ fn layer_backward_portable(
                 add_into(&mut per_id[id * g..(id + 1) * g], row);
             }
         }
-        if let (Some(weight_ih_t), false) = (&weight_ih_t, d_input.is_empty()) {
+        if let (Some(weight_ih_t), StackInput::Rows(_)) = (&weight_ih_t, &tape.input) {
             matmul(
                 (batch, g, d_in),
                 &step_d_gates,

@@ -298,16 +298,19 @@ impl RunConfig {
             RunConfig::deserialize(toml::Value::Table(table))
                 .map_err(|e: toml::de::Error| bad(e.to_string()))?
         };
-        config.validate().map_err(|message| match blame_overrides {
-            true => TrainError::Config {
-                origin: overrides
-                    .iter()
-                    .map(|assignment| format!("--set {assignment}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                message,
-            },
-            false => bad(message),
+        config.validate().map_err(|message| {
+            if blame_overrides {
+                TrainError::Config {
+                    origin: overrides
+                        .iter()
+                        .map(|assignment| format!("--set {assignment}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    message,
+                }
+            } else {
+                bad(message)
+            }
         })?;
         Ok(config)
     }

@@ -37,26 +37,17 @@ impl Packed {
     pub(crate) fn new(b: &[f32], (row, col): (usize, usize), k: usize, n: usize) -> Packed {
         assert!(k * n == 0 || (k - 1) * row + (n - 1) * col < b.len());
         let mut packed = Packed::unfilled(k, n);
-        if col == 1 {
-            // Row by row: the source is read in order, which is what the prefetchers follow.
-            for p in 0..k {
+        // Row by row: a row-major source is read in order, which is what the prefetchers follow;
+        // any other is gathered into one row first.
+        let mut gathered = vec![0.0; if col == 1 { 0 } else { n }];
+        for p in 0..k {
+            if col == 1 {
                 packed.set_rows(p, &b[p * row..p * row + n]);
-            }
-        } else if packed.panels {
-            for (panel, chunk) in packed.data.chunks_exact_mut(PANEL * k).enumerate() {
-                let j0 = panel * PANEL;
-                let width = (n - j0).min(PANEL);
-                for (p, out) in chunk.chunks_exact_mut(PANEL).enumerate() {
-                    for (j, value) in out[..width].iter_mut().enumerate() {
-                        *value = b[p * row + (j0 + j) * col];
-                    }
-                }
-            }
-        } else {
-            for (p, out) in packed.data.chunks_exact_mut(n.max(1)).enumerate().take(k) {
-                for (j, value) in out.iter_mut().enumerate() {
+            } else {
+                for (j, value) in gathered.iter_mut().enumerate() {
                     *value = b[p * row + j * col];
                 }
+                packed.set_rows(p, &gathered);
             }
         }
         packed

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::gemm::{Packed, Right, matmul};
-use super::{HeadWeights, HostState, LayerWeights, sigmoid, tanh};
+use super::{HeadWeights, HostState, LayerWeights, project_vocabulary, sigmoid, tanh};
 use crate::CellKind;
 
 /// Bytes of recurrent weights from which a stepper runs on two threads. Measured on 2 cores,
@@ -33,16 +33,21 @@ const SPINS_BEFORE_SLEEP: u32 = 1 << 14;
 struct UnitSlice {
     cell: CellKind,
     units: Range<usize>,
-    /// The bias of the input projection (see `LayerWeights::input_bias`), `[G * u]`.
-    input_bias: Vec<f32>,
+    input: SliceInput,
     /// GRU: `b_hh`, which the reset gate scales, `[G * u]`; empty for the other cells.
     bias_hh: Vec<f32>,
-    /// The bottom layer: each character's input projection, bias included, `[vocab, G * u]`.
-    by_id: Option<Vec<f32>>,
-    /// `W_ih` of the layers above the bottom, `[d_input, G * u]`.
-    weight_ih: Option<Packed>,
     /// `W_hh`, `[d_hidden, G * u]`.
     weight_hh: Packed,
+}
+
+/// Where a slice's input projection comes from.
+#[derive(Debug)]
+enum SliceInput {
+    /// The bottom layer: each character's projection, bias included, `[vocab, G * u]`.
+    ById(Vec<f32>),
+    /// The layers above: the layer below's output times `W_ih` (`[d_input, G * u]`), plus the
+    /// bias of the input projection (see `LayerWeights::input_bias`, `[G * u]`).
+    Below { bias: Vec<f32>, weight_ih: Packed },
 }
 
 /// The columns of `matrix` (`[rows, gates * h]`) that feed `units`: in every gate block,
@@ -64,15 +69,22 @@ impl UnitSlice {
         let columns = |matrix: &[f32]| unit_columns(matrix, gates, h, &units);
         UnitSlice {
             cell: layer.cell,
-            input_bias: columns(&layer.input_bias()),
+            input: match projected {
+                Some(projected) => SliceInput::ById(columns(projected)),
+                None => SliceInput::Below {
+                    bias: columns(&layer.input_bias()),
+                    weight_ih: Packed::new(
+                        &columns(&layer.weight_ih),
+                        (width, 1),
+                        layer.d_input,
+                        width,
+                    ),
+                },
+            },
             bias_hh: match layer.cell {
                 CellKind::Gru => columns(&layer.bias_hh),
                 _ => Vec::new(),
             },
-            by_id: projected.map(columns),
-            weight_ih: projected
-                .is_none()
-                .then(|| Packed::new(&columns(&layer.weight_ih), (width, 1), layer.d_input, width)),
             weight_hh: Packed::new(&columns(&layer.weight_hh), (width, 1), h, width),
             units,
         }
@@ -121,14 +133,13 @@ fn slice_step_portable(
 ) {
     let u = slice.units.len();
     let width = slice.cell.num_gates() * u;
-    let mut gates = match (&slice.by_id, &slice.weight_ih) {
-        (Some(by_id), _) => by_id[id * width..(id + 1) * width].to_vec(),
-        (None, Some(weight_ih)) => {
-            let mut gates = slice.input_bias.clone();
+    let mut gates = match &slice.input {
+        SliceInput::ById(projected) => projected[id * width..(id + 1) * width].to_vec(),
+        SliceInput::Below { bias, weight_ih } => {
+            let mut gates = bias.clone();
             add_vector_matrix(&mut gates, below, weight_ih);
             gates
         }
-        (None, None) => unreachable!("a slice has an input projection"),
     };
     match slice.cell {
         CellKind::Rnn => {
@@ -376,22 +387,7 @@ impl HostStepper {
         assert!((1..=2).contains(&threads), "1 or 2 threads");
         let vocab_size = head.bias.len();
         // The bottom layer's projection of every character, bias included: each step picks a row.
-        let bottom = &layers[0];
-        let g = bottom.gates();
-        let mut projected: Vec<f32> = bottom
-            .input_bias()
-            .repeat(vocab_size_of(&embedding, bottom));
-        match &embedding {
-            Some(table) => matmul(
-                (projected.len() / g, bottom.d_input, g),
-                table,
-                (bottom.d_input, 1),
-                Right::Rows(&bottom.weight_ih, g),
-                true,
-                &mut projected,
-            ),
-            None => super::add_into(&mut projected, &bottom.weight_ih),
-        }
+        let projected = project_vocabulary(&layers[0], embedding.as_deref());
         // One thread's part of every layer: half `half` of `halves`.
         let part = |half: usize, halves: usize| {
             let slices = layers
@@ -499,14 +495,6 @@ impl HostStepper {
     /// Whether a second thread steps half of every layer.
     pub fn is_split(&self) -> bool {
         self.worker.is_some()
-    }
-}
-
-/// The bottom layer's vocabulary: the embedding table's rows, or the one-hot width.
-fn vocab_size_of(embedding: &Option<Vec<f32>>, bottom: &LayerWeights) -> usize {
-    match embedding {
-        Some(table) => table.len() / bottom.d_input,
-        None => bottom.d_input,
     }
 }
 
