@@ -85,6 +85,17 @@ struct Report {
     /// `fused` or `plain`: the path `train_chars_per_sec` measured.
     train_kernel: String,
     sample_chars_per_sec: f64,
+    /// Megabytes of weights a sampling step reads: every `W_hh`, every `W_ih` but the bottom
+    /// layer's (its projection of each character is computed once), one projected row and the head.
+    sample_weight_mb: f64,
+    /// How fast this machine reads that many bytes, measured here on the sampler's threads, each
+    /// reading its share over and over.
+    sample_read_gb_per_sec: f64,
+    /// Sampling's ceiling where it is bound by reading the weights: the read speed over the
+    /// weights' size, one read per character.
+    sample_bound_chars_per_sec: f64,
+    /// `sample_chars_per_sec` over that ceiling.
+    sample_fraction_of_bound: f64,
     /// Peak resident memory after training and sampling, before the baselines ran.
     peak_rss_mb: f64,
     /// The plain path (Burn's autodiff over Ember's cells), same loop (fused cases only).
@@ -207,6 +218,10 @@ fn measure(case: &Case, device: &Device, budget: Duration) -> Report {
     let sample = steps_per_sec(budget / 2, || {
         sampler.next();
     });
+    let weight_bytes = sample_weight_bytes(case);
+    let read_bytes_per_sec = read_speed(weight_bytes, sampler.threads(), budget / 4);
+    let bound = read_bytes_per_sec / weight_bytes as f64;
+    drop(sampler);
     let peak_rss_mb = peak_rss_mb();
     let plain = fused.then(|| plain_train(&mut new_model()));
 
@@ -232,6 +247,10 @@ fn measure(case: &Case, device: &Device, budget: Duration) -> Report {
         train_chars_per_sec: train.round(),
         train_kernel: if fused { "fused" } else { "plain" }.into(),
         sample_chars_per_sec: sample.round(),
+        sample_weight_mb: round3(weight_bytes as f64 / 1e6),
+        sample_read_gb_per_sec: round3(read_bytes_per_sec / 1e9),
+        sample_bound_chars_per_sec: bound.round(),
+        sample_fraction_of_bound: round3(sample / bound),
         peak_rss_mb,
         baseline_plain_train_chars_per_sec: plain.map(f64::round),
         ratio_to_plain: plain.map(|p| round3(train / p)),
@@ -242,6 +261,66 @@ fn measure(case: &Case, device: &Device, budget: Duration) -> Report {
         ratio_to_pytorch_train: pytorch.map(|p| round3(train / p.0)),
         ratio_to_pytorch_sample: pytorch.map(|p| round3(sample / p.1)),
     }
+}
+
+/// Bytes of weights one sampling step of `case`'s model reads.
+fn sample_weight_bytes(case: &Case) -> usize {
+    let h = case.d_hidden;
+    let gates = match case.cell {
+        CellKind::Rnn => 1,
+        CellKind::Gru => 3,
+        CellKind::Lstm => 4,
+    } * h;
+    let recurrent = case.num_layers * h * gates;
+    let inputs = (case.num_layers - 1) * h * gates + gates;
+    let head = (h + 1) * VOCAB;
+    (recurrent + inputs + head) * size_of::<f32>()
+}
+
+/// Bytes per second that `threads` threads read together, each going over and over its own
+/// share of `bytes`, for about `budget`.
+fn read_speed(bytes: usize, threads: usize, budget: Duration) -> f64 {
+    let share = (bytes / size_of::<f32>()).div_ceil(threads);
+    let buffers: Vec<Vec<f32>> = (0..threads).map(|_| vec![1.0; share]).collect();
+    let start = Instant::now();
+    let passes: Vec<u32> = std::thread::scope(|scope| {
+        let readers: Vec<_> = buffers
+            .iter()
+            .map(|buffer| {
+                scope.spawn(move || {
+                    let mut passes = 0;
+                    while passes < 3 || start.elapsed() < budget {
+                        std::hint::black_box(sum(std::hint::black_box(buffer)));
+                        passes += 1;
+                    }
+                    passes
+                })
+            })
+            .collect();
+        readers
+            .into_iter()
+            .map(|reader| reader.join().expect("a reader thread"))
+            .collect()
+    });
+    let seconds = start.elapsed().as_secs_f64();
+    let read: u64 = passes
+        .iter()
+        .map(|&p| u64::from(p) * (share * 4) as u64)
+        .sum();
+    read as f64 / seconds
+}
+
+/// A sum in 32 independent lanes, so that the adds keep up with the loads.
+fn sum(values: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 32];
+    let chunks = values.chunks_exact(32);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (lane, value) in lanes.iter_mut().zip(chunk) {
+            *lane += value;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 fn round3(value: f64) -> f64 {

@@ -19,6 +19,9 @@ fn bench_prints_one_json_line_per_case() {
         "peak_rss_mb",
         "pytorch_train_chars_per_sec",
         "ratio_to_pytorch_train",
+        "sample_read_gb_per_sec",
+        "sample_bound_chars_per_sec",
+        "sample_fraction_of_bound",
     ] {
         assert!(
             report[key].as_f64().is_some_and(|v| v > 0.0),
@@ -33,6 +36,13 @@ fn bench_prints_one_json_line_per_case() {
     ] {
         assert_eq!(report[key].as_u64(), Some(value), "{key}");
     }
+    // W_hh of both layers (128 x 128), the top layer's W_ih, one projected row, and the head
+    // (128 x 65 and its bias), in f32.
+    let weight_bytes = (2 * 128 * 128 + 128 * 128 + 128 + 129 * 65) * 4;
+    assert_eq!(
+        report["sample_weight_mb"].as_f64(),
+        Some((weight_bytes as f64 / 1e3).round() / 1e3)
+    );
     // Only LSTM cases have the burn::nn::Lstm baseline.
     assert!(report["baseline_burn_lstm_train_chars_per_sec"].is_null());
 

@@ -139,6 +139,12 @@ impl CharLm {
 }
 
 impl Sampler {
+    /// The threads that step this sampler: two for a model large enough to pay for the second,
+    /// on a machine with two cores or more; else one.
+    pub fn threads(&self) -> usize {
+        if self.host.is_split() { 2 } else { 1 }
+    }
+
     /// The next-character distribution the sampler will draw from, after temperature and top-k.
     pub fn probabilities(&self) -> Vec<f64> {
         let temperature = self.config.temperature;
