@@ -21,7 +21,6 @@ fn bench_prints_one_json_line_per_case() {
         "ratio_to_pytorch_train",
         "sample_read_gb_per_sec",
         "sample_bound_chars_per_sec",
-        "sample_fraction_of_bound",
     ] {
         assert!(
             report[key].as_f64().is_some_and(|v| v > 0.0),
@@ -42,6 +41,13 @@ fn bench_prints_one_json_line_per_case() {
     assert_eq!(
         report["sample_weight_mb"].as_f64(),
         Some((weight_bytes as f64 / 1e3).round() / 1e3)
+    );
+    let fraction = report["sample_chars_per_sec"].as_f64().unwrap()
+        / report["sample_bound_chars_per_sec"].as_f64().unwrap();
+    let reported = report["sample_fraction_of_bound"].as_f64().unwrap();
+    assert!(
+        (reported - fraction).abs() <= 5e-4,
+        "{reported} vs {fraction}"
     );
     // Only LSTM cases have the burn::nn::Lstm baseline.
     assert!(report["baseline_burn_lstm_train_chars_per_sec"].is_null());

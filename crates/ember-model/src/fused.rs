@@ -329,7 +329,9 @@ macro_rules! dispatch_simd {
 }
 
 // After `dispatch_simd!`, which the stepper's kernels use.
+mod split;
 mod stepper;
+pub use split::{ChunkGradients, prefers_split, split_chunk};
 pub use stepper::HostStepper;
 
 dispatch_simd!(
@@ -406,63 +408,29 @@ fn layer_forward_portable(
         }
         let (done, next) = hiddens.split_at_mut((t + 1) * width);
         let previous = &done[t * width..];
-        let next = &mut next[..width];
-        let step_span = t * width..(t + 1) * width;
-        match weights.cell {
-            CellKind::Rnn => {
-                matmul(
-                    (batch, h, g),
-                    previous,
-                    (h, 1),
-                    Right::Packed(&recurrent),
-                    true,
-                    step_gates,
-                );
-                for (out, &pre) in next.iter_mut().zip(step_gates.iter()) {
-                    *out = tanh(pre);
-                }
-            }
+        let (previous_cells, next_cells) = match weights.cell {
             CellKind::Lstm => {
-                matmul(
-                    (batch, h, g),
-                    previous,
-                    (h, 1),
-                    Right::Packed(&recurrent),
-                    true,
-                    step_gates,
-                );
-                let (previous_cells, next_cells) = cells.split_at_mut((t + 1) * width);
-                lstm_step(
-                    step_gates,
-                    &previous_cells[t * width..],
-                    &mut next_cells[..width],
-                    &mut per_step[step_span],
-                    next,
-                    h,
-                );
+                let (done, rest) = cells.split_at_mut((t + 1) * width);
+                (&done[t * width..], &mut rest[..width])
             }
-            CellKind::Gru => {
-                for row in projected.chunks_exact_mut(g) {
-                    row.copy_from_slice(&weights.bias_hh);
-                }
-                matmul(
-                    (batch, h, g),
-                    previous,
-                    (h, 1),
-                    Right::Packed(&recurrent),
-                    true,
-                    &mut projected,
-                );
-                gru_step(
-                    step_gates,
-                    &projected,
-                    previous,
-                    &mut per_step[step_span],
-                    next,
-                    h,
-                );
-            }
-        }
+            _ => (&[][..], &mut [][..]),
+        };
+        let per_step = match weights.cell {
+            CellKind::Rnn => &mut [][..],
+            _ => &mut per_step[t * width..(t + 1) * width],
+        };
+        recurrent_step(
+            weights.cell,
+            (batch, h),
+            (previous, previous),
+            &recurrent,
+            &weights.bias_hh,
+            step_gates,
+            &mut projected,
+            (previous_cells, next_cells),
+            per_step,
+            &mut next[..width],
+        );
     }
     pool::recycle(projected);
     pool::recycle(projected_ids);
@@ -474,6 +442,61 @@ fn layer_forward_portable(
         cells,
         per_step,
         hiddens,
+    }
+}
+
+/// The recurrent part of one step of a layer over `batch` rows, for the units whose gate
+/// columns `recurrent` (`W_hh`, packed) holds: every unit, or one thread's share. Adds
+/// `previous.0` (`[batch, d_hidden]`, the whole layer's hidden vectors) times `recurrent` to the
+/// step's input projection `step_gates` (`[batch, G u]`), runs the gate arithmetic, and writes
+/// the units' new hidden values (`[batch, u]`) into `next`. `previous.1` holds the units' own
+/// previous values (GRU), `bias_hh` their `b_hh` (GRU), `projected` room for their hidden
+/// projection (GRU), `cells` their previous and new cells (LSTM), `per_step` what the backward
+/// pass keeps of the step (LSTM, GRU).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn recurrent_step(
+    cell: CellKind,
+    (batch, d_hidden): (usize, usize),
+    previous: (&[f32], &[f32]),
+    recurrent: &Packed,
+    bias_hh: &[f32],
+    step_gates: &mut [f32],
+    projected: &mut [f32],
+    cells: (&[f32], &mut [f32]),
+    per_step: &mut [f32],
+    next: &mut [f32],
+) {
+    let g = step_gates.len() / batch.max(1);
+    let u = next.len() / batch.max(1);
+    let product = |out: &mut [f32]| {
+        matmul(
+            (batch, d_hidden, g),
+            previous.0,
+            (d_hidden, 1),
+            Right::Packed(recurrent),
+            true,
+            out,
+        )
+    };
+    match cell {
+        CellKind::Rnn => {
+            product(step_gates);
+            for (out, &pre) in next.iter_mut().zip(step_gates.iter()) {
+                *out = tanh(pre);
+            }
+        }
+        CellKind::Lstm => {
+            product(step_gates);
+            lstm_step(step_gates, cells.0, cells.1, per_step, next, u);
+        }
+        CellKind::Gru => {
+            for row in projected.chunks_exact_mut(g.max(1)) {
+                row.copy_from_slice(bias_hh);
+            }
+            product(projected);
+            gru_step(step_gates, projected, previous.1, per_step, next, u);
+        }
     }
 }
 
@@ -1015,7 +1038,7 @@ mod tests {
     use super::*;
 
     /// A small deterministic sequence of values in [-1, 1).
-    fn values(n: usize, seed: u32) -> Vec<f32> {
+    pub(super) fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
         (0..n)
             .map(|_| {
@@ -1025,7 +1048,12 @@ mod tests {
             .collect()
     }
 
-    fn layer(cell: CellKind, d_input: usize, d_hidden: usize, seed: u32) -> LayerWeights {
+    pub(super) fn layer(
+        cell: CellKind,
+        d_input: usize,
+        d_hidden: usize,
+        seed: u32,
+    ) -> LayerWeights {
         let g = cell.num_gates() * d_hidden;
         LayerWeights {
             cell,
@@ -1038,7 +1066,7 @@ mod tests {
         }
     }
 
-    fn state(cell: CellKind, width: usize, seed: u32) -> HostState {
+    pub(super) fn state(cell: CellKind, width: usize, seed: u32) -> HostState {
         HostState {
             hidden: values(width, seed),
             cell: match cell {

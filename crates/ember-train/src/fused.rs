@@ -18,7 +18,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ember_model::fused::{
     HeadGradients, HeadWeights, HostState, LayerGradients, LayerWeights, StackInput, add_into,
-    head_loss, host_values as host, stack_backward, stack_forward,
+    head_loss, host_values as host, prefers_split, split_chunk, stack_backward, stack_forward,
 };
 use ember_model::{CharLm, LayerState, RecurrentState};
 
@@ -87,10 +87,24 @@ fn time_major_ids(ids: Tensor<2, Int>) -> Vec<usize> {
         .collect()
 }
 
+/// How a step divides its work between threads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Plan {
+    /// The batch in this many shards, one per thread (0: as the model's size pays, see
+    /// [`fused_step`]).
+    Shards(usize),
+    /// Every layer's hidden units in two halves, on two threads.
+    // Chosen by `Shards(0)` where it pays; the tests ask for it outright.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Split,
+}
+
 /// One chunk through `model` with the host kernels: `ids` and `targets` are `[batch, seq_len]`
 /// on `device` (an autodiff device), `state` the state carried in, and the gradients are placed on
 /// `device`'s inner device, as Burn's own backward pass places them. Splits the batch into
-/// `threads` shards (0: one per thread of the pool).
+/// `threads` shards; 0 chooses: every layer's units split in two halves on two threads where the
+/// recurrent weights are large ([`prefers_split`]) and the pool has two threads, else one shard
+/// per thread of the pool.
 pub fn fused_step(
     model: &CharLm,
     ids: Tensor<2, Int>,
@@ -98,6 +112,34 @@ pub fn fused_step(
     state: RecurrentState,
     device: &Device,
     threads: usize,
+) -> FusedStep {
+    step_with(model, ids, targets, state, device, Plan::Shards(threads))
+}
+
+/// Runs `part(0)` and `part(1)` at the same time: the second on a thread of the pool where this
+/// thread is outside it (a pool thread waiting here could hold back the very job it waits for),
+/// else on a scoped thread of its own.
+fn run_both(part: &(dyn Fn(usize) + Sync)) {
+    if rayon::current_thread_index().is_none() {
+        rayon::in_place_scope(|scope| {
+            scope.spawn(|_| part(1));
+            part(0);
+        });
+    } else {
+        std::thread::scope(|scope| {
+            scope.spawn(|| part(1));
+            part(0);
+        });
+    }
+}
+
+fn step_with(
+    model: &CharLm,
+    ids: Tensor<2, Int>,
+    targets: Tensor<2, Int>,
+    state: RecurrentState,
+    device: &Device,
+    plan: Plan,
 ) -> FusedStep {
     let [batch, seq_len] = ids.dims();
     let layers: Vec<LayerWeights> = model
@@ -120,13 +162,56 @@ pub fn fused_step(
     let d_input = layers[0].d_input;
     let ids = time_major_ids(ids);
     let targets = time_major_ids(targets);
-    let states: Vec<(Vec<f32>, Vec<f32>)> = state
+    let states: Vec<HostState> = state
         .layers
         .into_iter()
-        .map(|layer| (host(layer.hidden), layer.cell.map_or_else(Vec::new, host)))
+        .map(|layer| HostState {
+            hidden: host(layer.hidden),
+            cell: layer.cell.map_or_else(Vec::new, host),
+        })
         .collect();
     let scale = 1.0 / (batch * seq_len) as f32;
 
+    // The number of shards, or `None` for units split in two.
+    let shard_threads = match plan {
+        Plan::Split => None,
+        Plan::Shards(0)
+            if rayon::current_num_threads() >= 2
+                && prefers_split(&layers)
+                && model.vocab_size() <= batch * seq_len =>
+        {
+            None
+        }
+        Plan::Shards(threads) => Some(threads),
+    };
+    let Some(threads) = shard_threads else {
+        let chunk = split_chunk(
+            &layers,
+            &head,
+            &ids,
+            table.as_deref(),
+            &targets,
+            &states,
+            (seq_len, batch),
+            scale,
+            run_both,
+        );
+        let sum = ShardStep {
+            loss_sum: chunk.loss_sum,
+            layers: chunk.layers,
+            head: chunk.head,
+            embedding: chunk.table,
+            final_states: Vec::new(),
+        };
+        return registered(
+            model,
+            device,
+            sum,
+            vec![chunk.final_states],
+            &[0..batch],
+            (batch, seq_len),
+        );
+    };
     let ranges = shards(batch, threads);
     let mut steps = ranges
         .par_iter()
@@ -158,11 +243,11 @@ pub fn fused_step(
             let shard_states: Vec<HostState> = states
                 .iter()
                 .zip(&layers)
-                .map(|((hidden, cell), layer)| {
+                .map(|(state, layer)| {
                     let span = rows.start * layer.d_hidden..rows.end * layer.d_hidden;
                     HostState {
-                        hidden: hidden[span.clone()].to_vec(),
-                        cell: cell.get(span).map_or_else(Vec::new, <[f32]>::to_vec),
+                        hidden: state.hidden[span.clone()].to_vec(),
+                        cell: state.cell.get(span).map_or_else(Vec::new, <[f32]>::to_vec),
                     }
                 })
                 .collect();
@@ -197,7 +282,20 @@ pub fn fused_step(
         final_states.push(std::mem::take(&mut step.final_states));
         sum.add(step);
     }
+    registered(model, device, sum, final_states, &ranges, (batch, seq_len))
+}
 
+/// The summed gradients of a chunk registered under the model's parameters, on `device`'s inner
+/// device, and the final states of the batch's row ranges `ranges` (one set per range) as the
+/// state on `device`.
+fn registered(
+    model: &CharLm,
+    device: &Device,
+    sum: ShardStep,
+    final_states: Vec<Vec<HostState>>,
+    ranges: &[Range<usize>],
+    (batch, seq_len): (usize, usize),
+) -> FusedStep {
     let inner = device.clone().inner();
     let mut gradients = GradientsParams::new();
     let register_2d =
@@ -224,23 +322,25 @@ pub fn fused_step(
         register_2d(&mut gradients, &embedding.weight, values);
     }
 
-    let layers_state = layers
+    let layers_state = model
+        .rnn
+        .layers
         .iter()
         .enumerate()
         .map(|(k, layer)| {
             let has_cell = layer.cell.has_cell_state();
-            let mut hidden = vec![0.0; batch * layer.d_hidden];
-            let mut cell = vec![0.0; if has_cell { batch * layer.d_hidden } else { 0 }];
-            for (shard, rows) in final_states.iter().zip(&ranges) {
-                let span = rows.start * layer.d_hidden..rows.end * layer.d_hidden;
+            let d_hidden = layer.d_hidden();
+            let mut hidden = vec![0.0; batch * d_hidden];
+            let mut cell = vec![0.0; if has_cell { batch * d_hidden } else { 0 }];
+            for (shard, rows) in final_states.iter().zip(ranges) {
+                let span = rows.start * d_hidden..rows.end * d_hidden;
                 hidden[span.clone()].copy_from_slice(&shard[k].hidden);
                 if has_cell {
                     cell[span].copy_from_slice(&shard[k].cell);
                 }
             }
-            let tensor = |values| {
-                Tensor::<2>::from_data(TensorData::new(values, [batch, layer.d_hidden]), device)
-            };
+            let tensor =
+                |values| Tensor::<2>::from_data(TensorData::new(values, [batch, d_hidden]), device);
             LayerState {
                 hidden: tensor(hidden),
                 cell: has_cell.then(|| tensor(cell)),
@@ -293,8 +393,8 @@ mod tests {
     }
 
     /// The fused step gives the plain path's loss, gradients and final state, for every cell,
-    /// with an embedding and with one-hot inputs, from a zero and from a carried state, on 1 and
-    /// 3 threads.
+    /// with an embedding and with one-hot inputs, from a zero and from a carried state, in 1 and
+    /// 3 shards and split by units.
     #[test]
     fn the_fused_step_equals_the_plain_path() {
         let device = Device::flex().autodiff();
@@ -309,14 +409,18 @@ mod tests {
                 let (_, state) = model.forward(ids(batch, seq_len, 11, 9, &device), None);
                 state.detach()
             };
-            for (state, threads) in [(model.zero_state(batch, &device), 1), (carried, 3)] {
+            for (state, plan) in [
+                (model.zero_state(batch, &device), Plan::Shards(1)),
+                (carried.clone(), Plan::Shards(3)),
+                (carried, Plan::Split),
+            ] {
                 let inputs = ids(batch, seq_len, 11, 1, &device);
                 let targets = ids(batch, seq_len, 11, 2, &device);
                 let (loss, plain_state) =
                     model.forward_loss(inputs.clone(), targets.clone(), Some(state.clone()));
                 let plain_loss = loss.clone().into_scalar::<f64>();
                 let plain = GradientsParams::from_grads(loss.backward(), &model);
-                let fused = fused_step(&model, inputs, targets, state, &device, threads);
+                let fused = step_with(&model, inputs, targets, state, &device, plan);
                 assert!(
                     (fused.loss - plain_loss).abs() < 1e-5,
                     "{} vs {plain_loss}",
@@ -329,7 +433,7 @@ mod tests {
                     for (a, b) in p.iter().zip(&f) {
                         assert!(
                             (a - b).abs() < 1e-5 * (1.0 + a.abs()),
-                            "{cell}, d_embed {d_embed}, {shape}: plain {a} fused {b}"
+                            "{cell}, d_embed {d_embed}, {plan:?}, {shape}: plain {a} fused {b}"
                         );
                     }
                 }

@@ -37,18 +37,25 @@ impl Packed {
     pub(crate) fn new(b: &[f32], (row, col): (usize, usize), k: usize, n: usize) -> Packed {
         assert!(k * n == 0 || (k - 1) * row + (n - 1) * col < b.len());
         let mut packed = Packed::unfilled(k, n);
-        // Row by row: a row-major source is read in order, which is what the prefetchers follow;
-        // any other is gathered into one row first.
-        let mut gathered = vec![0.0; if col == 1 { 0 } else { n }];
-        for p in 0..k {
-            if col == 1 {
+        // Row by row: a row-major source is read in order, which is what the prefetchers follow.
+        if col == 1 {
+            for p in 0..k {
                 packed.set_rows(p, &b[p * row..p * row + n]);
-            } else {
-                for (j, value) in gathered.iter_mut().enumerate() {
-                    *value = b[p * row + j * col];
-                }
-                packed.set_rows(p, &gathered);
             }
+            return packed;
+        }
+        // Any other is gathered a block of rows at a time: read down a column, a block of a
+        // transposed operand's rows is one cache line per column instead of one per value.
+        const BLOCK: usize = 16;
+        let mut gathered = vec![0.0; BLOCK * n];
+        for p0 in (0..k).step_by(BLOCK) {
+            let count = (k - p0).min(BLOCK);
+            for j in 0..n {
+                for q in 0..count {
+                    gathered[q * n + j] = b[(p0 + q) * row + j * col];
+                }
+            }
+            packed.set_rows(p0, &gathered[..count * n]);
         }
         packed
     }
