@@ -236,7 +236,8 @@ pub struct TrainConfig {
     pub max_rollbacks: u32,
     /// How the recurrent layers train: `auto`, `fused` or `plain` (language models).
     pub kernel: Kernel,
-    /// The threads the fused kernels split a batch over (0: one per core).
+    /// The threads the fused kernels split a batch over; 0 chooses: one shard per core, or on two
+    /// cores every layer's units in halves where the recurrent weights outgrow the L2 cache.
     pub threads: usize,
 }
 
