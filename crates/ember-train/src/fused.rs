@@ -87,6 +87,153 @@ fn time_major_ids(ids: Tensor<2, Int>) -> Vec<usize> {
         .collect()
 }
 
+/// A chunk and the model's weights, read into host memory.
+struct HostChunk {
+    layers: Vec<LayerWeights>,
+    head: HeadWeights,
+    /// The embedding table, `[vocab_size, d_embed]`, for models with an embedding.
+    table: Option<Vec<f32>>,
+    /// Time-major, `[seq_len * batch]`.
+    ids: Vec<usize>,
+    /// Time-major, `[seq_len * batch]`.
+    targets: Vec<usize>,
+    /// The state carried in, per layer.
+    states: Vec<HostState>,
+    batch: usize,
+    seq_len: usize,
+}
+
+/// One shard's rows of a [`HostChunk`].
+struct Shard {
+    input: StackInput,
+    /// Whether `input` goes by ids (else the table's rows, gathered).
+    by_ids: bool,
+    ids: Vec<usize>,
+    targets: Vec<usize>,
+    states: Vec<HostState>,
+}
+
+impl HostChunk {
+    fn new(
+        model: &CharLm,
+        ids: Tensor<2, Int>,
+        targets: Tensor<2, Int>,
+        state: RecurrentState,
+    ) -> HostChunk {
+        let [batch, seq_len] = ids.dims();
+        HostChunk {
+            layers: model
+                .rnn
+                .layers
+                .iter()
+                .map(|layer| layer.host_weights())
+                .collect(),
+            head: HeadWeights {
+                weight: host(model.head.weight.val()),
+                bias: match &model.head.bias {
+                    Some(bias) => host(bias.val()),
+                    None => vec![0.0; model.vocab_size()],
+                },
+            },
+            table: model
+                .embedding
+                .as_ref()
+                .map(|embedding| host(embedding.weight.val())),
+            ids: time_major_ids(ids),
+            targets: time_major_ids(targets),
+            states: state
+                .layers
+                .into_iter()
+                .map(|layer| HostState {
+                    hidden: host(layer.hidden),
+                    cell: layer.cell.map_or_else(Vec::new, host),
+                })
+                .collect(),
+            batch,
+            seq_len,
+        }
+    }
+
+    /// The batch's streams `rows`.
+    fn shard(&self, rows: &Range<usize>) -> Shard {
+        let picked = |values: &[usize]| -> Vec<usize> {
+            (0..self.seq_len)
+                .flat_map(|t| &values[t * self.batch + rows.start..t * self.batch + rows.end])
+                .copied()
+                .collect()
+        };
+        let ids = picked(&self.ids);
+        let d_input = self.layers[0].d_input;
+        let vocab_size = self.head.bias.len();
+        // Products through the vocabulary pay where it is smaller than the chunk; a larger one
+        // takes its rows of the table.
+        let by_ids = vocab_size <= ids.len();
+        let input = match (&self.table, by_ids) {
+            (Some(table), false) => StackInput::Rows(
+                ids.iter()
+                    .flat_map(|&id| &table[id * d_input..(id + 1) * d_input])
+                    .copied()
+                    .collect(),
+            ),
+            _ => StackInput::Ids {
+                ids: ids.clone(),
+                table: self.table.clone(),
+            },
+        };
+        let states = self
+            .states
+            .iter()
+            .zip(&self.layers)
+            .map(|(state, layer)| {
+                let span = rows.start * layer.d_hidden..rows.end * layer.d_hidden;
+                HostState {
+                    hidden: state.hidden[span.clone()].to_vec(),
+                    cell: state.cell.get(span).map_or_else(Vec::new, <[f32]>::to_vec),
+                }
+            })
+            .collect();
+        Shard {
+            input,
+            by_ids,
+            targets: picked(&self.targets),
+            ids,
+            states,
+        }
+    }
+}
+
+/// The mean cross-entropy of one chunk (nats per character) and the state after it, through the
+/// host kernels' forward pass, in one shard per thread of the pool: what
+/// [`CharLm::forward_loss`] gives without dropout, as evaluation runs it, without a graph.
+pub fn fused_loss(
+    model: &CharLm,
+    ids: Tensor<2, Int>,
+    targets: Tensor<2, Int>,
+    state: RecurrentState,
+    device: &Device,
+) -> (f64, RecurrentState) {
+    let chunk = HostChunk::new(model, ids, targets, state);
+    let ranges = shards(chunk.batch, 0);
+    let (losses, final_states): (Vec<f64>, Vec<Vec<HostState>>) = ranges
+        .par_iter()
+        .map(|rows| {
+            let shard = chunk.shard(rows);
+            let tape = stack_forward(
+                &chunk.layers,
+                shard.input,
+                &shard.states,
+                chunk.seq_len,
+                rows.len(),
+            );
+            let step = head_loss(&chunk.head, tape.output(), &shard.targets, 1.0);
+            (step.loss_sum, tape.final_states())
+        })
+        .unzip();
+    let loss = losses.iter().sum::<f64>() / (chunk.batch * chunk.seq_len) as f64;
+    let state = carried_state(model, device, &final_states, &ranges, chunk.batch);
+    (loss, state)
+}
+
 /// How a step divides its work between threads.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Plan {
@@ -141,35 +288,18 @@ fn step_with(
     device: &Device,
     plan: Plan,
 ) -> FusedStep {
-    let [batch, seq_len] = ids.dims();
-    let layers: Vec<LayerWeights> = model
-        .rnn
-        .layers
-        .iter()
-        .map(|layer| layer.host_weights())
-        .collect();
-    let head = HeadWeights {
-        weight: host(model.head.weight.val()),
-        bias: match &model.head.bias {
-            Some(bias) => host(bias.val()),
-            None => vec![0.0; model.vocab_size()],
-        },
-    };
-    let table = model
-        .embedding
-        .as_ref()
-        .map(|embedding| host(embedding.weight.val()));
-    let d_input = layers[0].d_input;
-    let ids = time_major_ids(ids);
-    let targets = time_major_ids(targets);
-    let states: Vec<HostState> = state
-        .layers
-        .into_iter()
-        .map(|layer| HostState {
-            hidden: host(layer.hidden),
-            cell: layer.cell.map_or_else(Vec::new, host),
-        })
-        .collect();
+    let chunk = HostChunk::new(model, ids, targets, state);
+    let HostChunk {
+        layers,
+        head,
+        table,
+        ids,
+        targets,
+        states,
+        batch,
+        seq_len,
+    } = &chunk;
+    let (batch, seq_len) = (*batch, *seq_len);
     let scale = 1.0 / (batch * seq_len) as f32;
 
     // The number of shards, or `None` for units split in two.
@@ -177,7 +307,7 @@ fn step_with(
         Plan::Split => None,
         Plan::Shards(0)
             if rayon::current_num_threads() >= 2
-                && prefers_split(&layers)
+                && prefers_split(layers)
                 && model.vocab_size() <= batch * seq_len =>
         {
             None
@@ -185,29 +315,29 @@ fn step_with(
         Plan::Shards(threads) => Some(threads),
     };
     let Some(threads) = shard_threads else {
-        let chunk = split_chunk(
-            &layers,
-            &head,
-            &ids,
+        let split = split_chunk(
+            layers,
+            head,
+            ids,
             table.as_deref(),
-            &targets,
-            &states,
+            targets,
+            states,
             (seq_len, batch),
             scale,
             run_both,
         );
         let sum = ShardStep {
-            loss_sum: chunk.loss_sum,
-            layers: chunk.layers,
-            head: chunk.head,
-            embedding: chunk.table,
+            loss_sum: split.loss_sum,
+            layers: split.layers,
+            head: split.head,
+            embedding: split.table,
             final_states: Vec::new(),
         };
         return registered(
             model,
             device,
             sum,
-            vec![chunk.final_states],
+            vec![split.final_states],
             &[0..batch],
             (batch, seq_len),
         );
@@ -216,52 +346,19 @@ fn step_with(
     let mut steps = ranges
         .par_iter()
         .map(|rows| {
-            let picked = |values: &[usize]| -> Vec<usize> {
-                (0..seq_len)
-                    .flat_map(|t| &values[t * batch + rows.start..t * batch + rows.end])
-                    .copied()
-                    .collect()
-            };
-            let shard_ids = picked(&ids);
-            let vocab_size = model.vocab_size();
-            // Products through the vocabulary pay where it is smaller than the chunk; a larger
-            // one takes its rows of the table.
-            let by_ids = vocab_size <= shard_ids.len();
-            let input = match (&table, by_ids) {
-                (Some(table), false) => StackInput::Rows(
-                    shard_ids
-                        .iter()
-                        .flat_map(|&id| &table[id * d_input..(id + 1) * d_input])
-                        .copied()
-                        .collect(),
-                ),
-                _ => StackInput::Ids {
-                    ids: shard_ids.clone(),
-                    table: table.clone(),
-                },
-            };
-            let shard_states: Vec<HostState> = states
-                .iter()
-                .zip(&layers)
-                .map(|(state, layer)| {
-                    let span = rows.start * layer.d_hidden..rows.end * layer.d_hidden;
-                    HostState {
-                        hidden: state.hidden[span.clone()].to_vec(),
-                        cell: state.cell.get(span).map_or_else(Vec::new, <[f32]>::to_vec),
-                    }
-                })
-                .collect();
-            let tape = stack_forward(&layers, input, &shard_states, seq_len, rows.len());
-            let head_step = head_loss(&head, tape.output(), &picked(&targets), scale);
+            let shard = chunk.shard(rows);
+            let tape = stack_forward(layers, shard.input, &shard.states, seq_len, rows.len());
+            let head_step = head_loss(head, tape.output(), &shard.targets, scale);
             let (layer_gradients, d_embedded) =
-                stack_backward(&layers, &tape, head_step.d_hidden, table.is_some());
+                stack_backward(layers, &tape, head_step.d_hidden, table.is_some());
             // The table's gradient: given, or summed per character from the rows'.
             let embedding = d_embedded.map(|d_embedded| {
-                if by_ids {
+                if shard.by_ids {
                     return d_embedded;
                 }
-                let mut gradient = vec![0.0; vocab_size * d_input];
-                for (row, &id) in d_embedded.chunks_exact(d_input).zip(&shard_ids) {
+                let d_input = layers[0].d_input;
+                let mut gradient = vec![0.0; model.vocab_size() * d_input];
+                for (row, &id) in d_embedded.chunks_exact(d_input).zip(&shard.ids) {
                     add_into(&mut gradient[id * d_input..(id + 1) * d_input], row);
                 }
                 gradient
@@ -322,7 +419,23 @@ fn registered(
         register_2d(&mut gradients, &embedding.weight, values);
     }
 
-    let layers_state = model
+    FusedStep {
+        loss: sum.loss_sum / (batch * seq_len) as f64,
+        gradients,
+        state: carried_state(model, device, &final_states, ranges, batch),
+    }
+}
+
+/// The final states of the batch's row ranges `ranges` (one set per range) as the state of the
+/// whole batch on `device`.
+fn carried_state(
+    model: &CharLm,
+    device: &Device,
+    final_states: &[Vec<HostState>],
+    ranges: &[Range<usize>],
+    batch: usize,
+) -> RecurrentState {
+    let layers = model
         .rnn
         .layers
         .iter()
@@ -347,13 +460,7 @@ fn registered(
             }
         })
         .collect();
-    FusedStep {
-        loss: sum.loss_sum / (batch * seq_len) as f64,
-        gradients,
-        state: RecurrentState {
-            layers: layers_state,
-        },
-    }
+    RecurrentState { layers }
 }
 
 #[cfg(test)]
@@ -390,6 +497,51 @@ mod tests {
             .map(|i| ((i * 7 + seed * 13 + i / 3) % vocab) as i64)
             .collect();
         Tensor::from_data(TensorData::new(values, [batch, seq_len]), device)
+    }
+
+    /// The fused forward pass gives the plain path's loss and final state, for every cell, with
+    /// an embedding (a vocabulary smaller than a shard's rows, and larger) and one-hot inputs,
+    /// from a zero and from a carried state.
+    #[test]
+    fn the_fused_loss_equals_the_plain_path() {
+        let device = Device::flex();
+        for cell in CellKind::ALL {
+            for (vocab, d_embed) in [(11, 0), (11, 5), (40, 5)] {
+                device.seed(4);
+                let model = CharLmConfig::new(vocab, cell, 6)
+                    .with_num_layers(2)
+                    .with_d_embed(d_embed)
+                    .init(&device);
+                let (batch, seq_len) = (5, 7);
+                let inputs = ids(batch, seq_len, vocab, 1, &device);
+                let targets = ids(batch, seq_len, vocab, 2, &device);
+                let carried = model
+                    .forward(ids(batch, seq_len, vocab, 9, &device), None)
+                    .1;
+                for state in [model.zero_state(batch, &device), carried] {
+                    let (loss, plain_state) =
+                        model.forward_loss(inputs.clone(), targets.clone(), Some(state.clone()));
+                    let plain_loss = loss.into_scalar::<f64>();
+                    let (fused_loss, fused_state) =
+                        fused_loss(&model, inputs.clone(), targets.clone(), state, &device);
+                    let what = format!("{cell}, vocab {vocab}, d_embed {d_embed}");
+                    assert!(
+                        (fused_loss - plain_loss).abs() < 1e-5,
+                        "{what}: {fused_loss} vs {plain_loss}"
+                    );
+                    for (p, f) in plain_state.layers.into_iter().zip(fused_state.layers) {
+                        for (a, b) in host(p.hidden).iter().zip(host(f.hidden)) {
+                            assert!((a - b).abs() < 1e-5, "{what}: hidden {a} vs {b}");
+                        }
+                        if let (Some(pc), Some(fc)) = (p.cell, f.cell) {
+                            for (a, b) in host(pc).iter().zip(host(fc)) {
+                                assert!((a - b).abs() < 1e-5, "{what}: cell {a} vs {b}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// The fused step gives the plain path's loss, gradients and final state, for every cell,

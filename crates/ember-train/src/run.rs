@@ -108,7 +108,12 @@ impl Run {
             chunk_len.min(stream.stream_len() - 1).max(1),
             "text",
         )?;
-        let loss = mean_loss(&self.model, stream.all_chunks(), device);
+        let loss = mean_loss(
+            &self.model,
+            stream.all_chunks(),
+            device,
+            self.config.uses_fused(),
+        );
         Ok(EvalReport {
             loss,
             bits_per_char: loss / std::f64::consts::LN_2,

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{CheckpointDir, Progress, char_lm_carried, write_atomically};
 use crate::config::{OptimizerConfig, OptimizerKind, RunConfig};
 use crate::error::{expect_run, io_error};
-use crate::fused::fused_step;
+use crate::fused::{fused_loss, fused_step};
 use crate::step::GradientStep;
 use crate::{Evaluation, TrainError, Training};
 
@@ -265,6 +265,7 @@ impl Trainer {
             &self.model.valid(),
             val.all_chunks().take(limit),
             &self.device,
+            self.config.uses_fused(),
         ))
     }
 
@@ -407,8 +408,14 @@ pub fn chunk_tensors(chunk: &Chunk, device: &Device) -> (Tensor<2, Int>, Tensor<
 }
 
 /// The mean next-character loss over `chunks`, read in order with the state carried between
-/// them (reset where a chunk starts an epoch), weighting every prediction equally.
-pub fn mean_loss(model: &CharLm, chunks: impl Iterator<Item = Chunk>, device: &Device) -> f64 {
+/// them (reset where a chunk starts an epoch), weighting every prediction equally; through the
+/// host kernels' forward pass if `fused`, else Burn's.
+pub fn mean_loss(
+    model: &CharLm,
+    chunks: impl Iterator<Item = Chunk>,
+    device: &Device,
+    fused: bool,
+) -> f64 {
     let mut state: Option<RecurrentState> = None;
     let (mut total, mut count) = (0.0, 0usize);
     for chunk in chunks {
@@ -416,9 +423,17 @@ pub fn mean_loss(model: &CharLm, chunks: impl Iterator<Item = Chunk>, device: &D
             state = None;
         }
         let (inputs, targets) = chunk_tensors(&chunk, device);
-        let (loss, next) = model.forward_loss(inputs, targets, state.take());
+        let (loss, next) = if fused {
+            let state = state
+                .take()
+                .unwrap_or_else(|| model.zero_state(chunk.batch_size, device));
+            fused_loss(model, inputs, targets, state, device)
+        } else {
+            let (loss, next) = model.forward_loss(inputs, targets, state.take());
+            (loss.into_scalar::<f64>(), next)
+        };
         let predictions = chunk.batch_size * chunk.seq_len;
-        total += loss.into_scalar::<f64>() * predictions as f64;
+        total += loss * predictions as f64;
         count += predictions;
         state = Some(next);
     }
