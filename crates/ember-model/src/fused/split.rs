@@ -149,6 +149,9 @@ struct Chunk<'a> {
     /// Per layer, `h_{t-1}` of every step, then the final hidden vectors,
     /// `[(seq_len + 1) * batch, H]`.
     hiddens: Vec<SharedBuffer>,
+    /// Per layer, the same transposed, `[H, (seq_len + 1) * batch]`: the left operand of the
+    /// weight gradients, whose rows a product then reads in order.
+    transposed_hiddens: Vec<SharedBuffer>,
     /// The gradient of the top layer's outputs, `[rows, H]`.
     d_top: SharedBuffer,
     /// A layer's gradients of its hidden projection (the recurrence's), `[rows, G H]`, the two
@@ -235,6 +238,10 @@ pub fn split_chunk(
                 hiddens[..width].copy_from_slice(&state.hidden);
                 SharedBuffer::new(hiddens)
             })
+            .collect(),
+        transposed_hiddens: layers
+            .iter()
+            .map(|layer| SharedBuffer::new(pool::scratch((rows + batch) * layer.d_hidden)))
             .collect(),
         d_top: SharedBuffer::new(pool::scratch(rows * top)),
         d_recurrent: SharedBuffer::new(pool::scratch(rows * widest)),
@@ -494,6 +501,26 @@ impl Chunk<'_> {
             }
             self.meet();
         }
+        // This part's units of every step, transposed, for the weight gradients. No one reads
+        // them before the threads meet after the head.
+        let columns = (seq_len + 1) * batch;
+        // SAFETY: the forward pass of the layer is done (the threads met after its last step);
+        // this part writes only its own units' rows of the transpose.
+        unsafe {
+            let values = hiddens.read(0..columns * h);
+            let transposed =
+                self.transposed_hiddens[layer].write(units.start * columns..units.end * columns);
+            for (j0, block) in (0..columns)
+                .step_by(16)
+                .map(|j0| (j0, values[j0 * h..].chunks(h).take(16)))
+            {
+                for (j, row) in block.enumerate() {
+                    for (i, &value) in row[units.clone()].iter().enumerate() {
+                        transposed[i * columns + j0 + j] = value;
+                    }
+                }
+            }
+        }
         PartTape {
             gates: step_gates_all,
             cells,
@@ -645,24 +672,25 @@ impl Chunk<'_> {
             bias_hh: if gru { bias_hh } else { bias_ih.clone() },
             bias_ih,
         };
-        // SAFETY: the forward pass is done; no one writes the hidden vectors again.
-        let previous = unsafe { hiddens.read(0..rows * h) };
+        let columns = (seq_len + 1) * batch;
+        // SAFETY: both parts wrote their rows of the transposes before the threads met after
+        // the head, and no one writes them again.
+        let previous = unsafe { self.transposed_hiddens[layer].read(0..h * columns) };
         matmul(
             (h, rows, g),
             previous,
-            (1, h),
+            (columns, 1),
             Right::Packed(d_projected.as_ref().unwrap_or(&d_gates)),
             false,
             &mut gradients.weight_hh,
         );
         let d_below = if layer > 0 {
-            // SAFETY: as above, for the layer below.
-            let below =
-                unsafe { self.hiddens[layer - 1].read(batch * d_in..(rows + batch) * d_in) };
+            // SAFETY: as above, for the layer below; its outputs are steps 1 and on.
+            let below = unsafe { self.transposed_hiddens[layer - 1].read(batch..d_in * columns) };
             matmul(
                 (d_in, rows, g),
                 below,
-                (1, d_in),
+                (columns, 1),
                 Right::Packed(&d_gates),
                 false,
                 &mut gradients.weight_ih,
@@ -784,7 +812,7 @@ impl Chunk<'_> {
         let mut head = first.head;
         add_into(&mut head.weight, &second.head.weight);
         add_into(&mut head.bias, &second.head.bias);
-        for buffer in self.hiddens {
+        for buffer in self.hiddens.into_iter().chain(self.transposed_hiddens) {
             pool::recycle(buffer.into_inner());
         }
         for buffer in [self.d_top, self.d_recurrent, self.d_input_gates] {
