@@ -7,7 +7,8 @@
 //! inputs of the whole chunk, one per step advances the recurrence, the gate arithmetic of a step
 //! is one loop, and the weight gradients of the chunk are matrix products after the loop. A caller
 //! may split the batch into shards and run them on threads of their own: the streams of a batch
-//! are independent until their gradients are summed. The results equal the plain path's (tests
+//! are independent until their gradients are summed. Layers too large for a core's cache split
+//! their units between two threads instead ([`split_chunk`]). The results equal the plain path's (tests
 //! at the bottom, and in `ember-train` for whole training steps).
 //!
 //! Layouts: sequences are time-major and row-major, `[seq_len, batch_size, width]`; weights are
