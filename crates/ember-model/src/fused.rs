@@ -470,6 +470,10 @@ fn recurrent_step(
 ) {
     let g = step_gates.len() / batch.max(1);
     let u = next.len() / batch.max(1);
+    // A thread's share of no units (a layer of one unit, halved) has nothing to step.
+    if u == 0 {
+        return;
+    }
     let product = |out: &mut [f32]| {
         matmul(
             (batch, d_hidden, g),
@@ -563,9 +567,13 @@ fn gru_step(
         let (p_reset, rest) = projected_row.split_at(h);
         let (p_update, p_new) = rest.split_at(h);
         let span = row * h..(row + 1) * h;
-        let previous_row = &previous[span.clone()];
-        let new_row = &mut hidden_new[span.clone()];
-        let hidden_row = &mut hidden[span];
+        // Every slice cut to `h`, so that the loop below runs without bounds checks and
+        // vectorizes.
+        let previous_row = &previous[span.clone()][..h];
+        let new_row = &mut hidden_new[span.clone()][..h];
+        let hidden_row = &mut hidden[span][..h];
+        let (reset, update, candidate) = (&mut reset[..h], &mut update[..h], &mut candidate[..h]);
+        let (p_reset, p_update, p_new) = (&p_reset[..h], &p_update[..h], &p_new[..h]);
         for j in 0..h {
             let r = sigmoid(reset[j] + p_reset[j]);
             let z = sigmoid(update[j] + p_update[j]);

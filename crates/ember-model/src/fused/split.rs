@@ -160,8 +160,6 @@ struct Chunk<'a> {
     /// GRU: a layer's gradients of its input projection, laid out as `d_recurrent`.
     d_input_gates: SharedBuffer,
     barrier: SpinBarrier,
-    /// Set by a thread that panicked, so that the other stops waiting for it.
-    abandoned: AtomicBool,
     results: [Mutex<Option<PartResult>>; 2],
     started: [AtomicBool; 2],
 }
@@ -169,17 +167,6 @@ struct Chunk<'a> {
 // SAFETY: the raw pointers of the shared buffers lead into vectors the chunk owns; the threads
 // reach them only as `SharedBuffer`'s contract says, ordered by `barrier`.
 unsafe impl Sync for Chunk<'_> {}
-
-/// Sets the chunk's `abandoned` flag if the thread unwinds.
-struct AbandonOnPanic<'a>(&'a AtomicBool);
-
-impl Drop for AbandonOnPanic<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.store(true, Ordering::Release);
-        }
-    }
-}
 
 /// One training chunk of a character model split by units (see the module docs): `ids` and
 /// `targets` time-major (`[seq_len * batch]`), each id standing for its row of `table`, or for a
@@ -251,7 +238,6 @@ pub fn split_chunk(
             Vec::new()
         }),
         barrier: SpinBarrier::default(),
-        abandoned: AtomicBool::new(false),
         results: [Mutex::new(None), Mutex::new(None)],
         started: [AtomicBool::new(false), AtomicBool::new(false)],
     };
@@ -260,7 +246,7 @@ pub fn split_chunk(
             !chunk.started[part].swap(true, Ordering::AcqRel),
             "each part runs once"
         );
-        let _abandon = AbandonOnPanic(&chunk.abandoned);
+        let _abandon = chunk.barrier.abandon_on_panic();
         let result = chunk.run_part(part);
         *chunk.results[part].lock().expect("no part panicked") = Some(result);
     });
@@ -270,7 +256,7 @@ pub fn split_chunk(
 impl Chunk<'_> {
     /// Waits for the other thread, or panics if it panicked.
     fn meet(&self) {
-        self.barrier.wait_unless(&self.abandoned);
+        self.barrier.wait(false);
     }
 
     /// Part `part`'s share of layer `layer`.

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::gemm::{Packed, Right, matmul};
-use super::{HeadWeights, HostState, LayerWeights, project_vocabulary, sigmoid, tanh};
+use super::{HeadWeights, HostState, LayerWeights, project_vocabulary, recurrent_step};
 use crate::CellKind;
 
 /// Bytes of recurrent weights from which a stepper runs on two threads. Measured on 2 cores,
@@ -154,57 +154,31 @@ fn slice_step_portable(
             gates
         }
     };
-    match slice.cell {
-        CellKind::Rnn => {
-            add_vector_matrix(&mut gates, hidden, &slice.weight_hh);
-            for (out, pre) in out.iter_mut().zip(&gates) {
-                *out = tanh(*pre);
-            }
+    // The training kernels' step over a batch of one: what they keep for the backward pass
+    // (`per_step`) is dropped, and the LSTM's previous cells are copied out of `cell`, which the
+    // step overwrites.
+    let mut per_step = vec![0.0; if slice.cell == CellKind::Rnn { 0 } else { u }];
+    let mut projected = vec![
+        0.0;
+        if slice.cell == CellKind::Gru {
+            width
+        } else {
+            0
         }
-        CellKind::Lstm => {
-            add_vector_matrix(&mut gates, hidden, &slice.weight_hh);
-            // Loops over whole slices, one activation each, so that they vectorize.
-            let (input_forget, rest) = gates.split_at_mut(2 * u);
-            let (candidate, out_gate) = rest.split_at_mut(u);
-            for v in input_forget.iter_mut() {
-                *v = sigmoid(*v);
-            }
-            let (input_gate, forget) = input_forget.split_at(u);
-            for v in out_gate.iter_mut() {
-                *v = sigmoid(*v);
-            }
-            for v in candidate.iter_mut() {
-                *v = tanh(*v);
-            }
-            let gates = input_gate
-                .iter()
-                .zip(forget.iter())
-                .zip(candidate.iter())
-                .zip(out_gate.iter());
-            for ((cell, out), (((i, f), candidate), o)) in cell.iter_mut().zip(out).zip(gates) {
-                *cell = f * *cell + i * candidate;
-                *out = o * tanh(*cell);
-            }
-        }
-        CellKind::Gru => {
-            let mut projected = slice.bias_hh.clone();
-            add_vector_matrix(&mut projected, hidden, &slice.weight_hh);
-            let (reset_update, candidate) = gates.split_at_mut(2 * u);
-            let (p_reset_update, p_new) = projected.split_at(2 * u);
-            for (v, p) in reset_update.iter_mut().zip(p_reset_update) {
-                *v = sigmoid(*v + p);
-            }
-            let (reset, update) = reset_update.split_at(u);
-            for ((v, p), r) in candidate.iter_mut().zip(p_new).zip(reset.iter()) {
-                *v = tanh(*v + r * p);
-            }
-            let previous = &hidden[slice.units.clone()];
-            let values = update.iter().zip(candidate.iter()).zip(previous);
-            for (out, ((z, n), previous)) in out.iter_mut().zip(values) {
-                *out = n + z * (previous - n);
-            }
-        }
-    }
+    ];
+    let previous_cells = cell.to_vec();
+    recurrent_step(
+        slice.cell,
+        (1, hidden.len()),
+        (hidden, &hidden[slice.units.clone()]),
+        &slice.weight_hh,
+        &slice.bias_hh,
+        &mut gates,
+        &mut projected,
+        (&previous_cells, cell),
+        &mut per_step,
+        out,
+    );
 }
 
 /// Every layer's hidden vector, twice: the one a step reads and the one it writes, which swap
@@ -268,36 +242,54 @@ impl HiddenBuffers {
 pub(super) struct SpinBarrier {
     arrived: AtomicUsize,
     generation: AtomicUsize,
+    /// Set by a thread that panicked (see [`SpinBarrier::abandon_on_panic`]), so that the other
+    /// stops waiting for it.
+    abandoned: AtomicBool,
+}
+
+/// Abandons its barrier if dropped while its thread unwinds.
+pub(super) struct AbandonOnPanic<'a>(&'a SpinBarrier);
+
+impl Drop for AbandonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.abandoned.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl SpinBarrier {
     /// Returns once both threads have called it; `may_sleep` lets the caller sleep after a while
-    /// of waiting (the worker, between characters).
-    fn wait(&self, may_sleep: bool) {
-        self.wait_while(may_sleep, || {});
+    /// of waiting (the worker, between characters). Panics if the other thread panicked instead:
+    /// it will not come.
+    pub(super) fn wait(&self, may_sleep: bool) {
+        assert!(self.meet(may_sleep), "the other thread panicked");
     }
 
-    /// Returns once both threads have called it, or panics once `abandoned` is set: by the
-    /// other thread, which panicked and will not come.
-    pub(super) fn wait_unless(&self, abandoned: &AtomicBool) {
-        self.wait_while(false, || {
-            if abandoned.load(Ordering::Acquire) {
-                panic!("the other thread of a split chunk panicked");
-            }
-        });
+    /// A guard for the calling thread: should the thread panic while it holds the guard, the
+    /// other stops waiting for it.
+    pub(super) fn abandon_on_panic(&self) -> AbandonOnPanic<'_> {
+        AbandonOnPanic(self)
     }
 
-    /// [`SpinBarrier::wait`], calling `check` while it spins.
-    fn wait_while(&self, may_sleep: bool, check: impl Fn()) {
+    /// [`SpinBarrier::wait`], returning whether both threads met (false: the other panicked).
+    fn meet(&self, may_sleep: bool) -> bool {
+        // Once abandoned, no meeting counts: the other thread is gone.
+        if self.abandoned.load(Ordering::Acquire) {
+            return false;
+        }
         let generation = self.generation.load(Ordering::Acquire);
         if self.arrived.fetch_add(1, Ordering::AcqRel) == 1 {
             // Reset before the release below, which the other thread waits to see.
             self.arrived.store(0, Ordering::Relaxed);
             self.generation.fetch_add(1, Ordering::Release);
-            return;
+            return true;
         }
         let mut spins = 0u32;
         while self.generation.load(Ordering::Acquire) == generation {
+            if self.abandoned.load(Ordering::Acquire) {
+                return false;
+            }
             if may_sleep && spins >= SPINS_BEFORE_SLEEP {
                 // The main thread unparks the worker once it has released the barrier; the
                 // timeout only bounds a sleep that nothing else would end.
@@ -309,9 +301,9 @@ impl SpinBarrier {
                     std::hint::spin_loop();
                 }
                 spins = spins.saturating_add(1);
-                check();
             }
         }
+        true
     }
 }
 
@@ -455,6 +447,7 @@ impl HostStepper {
                 let spawned = std::thread::Builder::new()
                     .name("ember-stepper".into())
                     .spawn(move || {
+                        let _abandon = shared.barrier.abandon_on_panic();
                         let mut parity = 0;
                         loop {
                             shared.barrier.wait(true);
@@ -504,6 +497,7 @@ impl HostStepper {
         let shared = &*self.shared;
         match &self.worker {
             Some(worker) => {
+                let _abandon = shared.barrier.abandon_on_panic();
                 shared.id.store(id, Ordering::Release);
                 shared.barrier.wait(false);
                 worker.thread().unpark();
@@ -535,9 +529,9 @@ impl Drop for HostStepper {
     fn drop(&mut self) {
         if let Some(worker) = self.worker.take() {
             self.shared.quit.store(true, Ordering::Release);
-            self.shared.barrier.wait(false);
+            // A worker that panicked meets no one and has nothing left to clean up.
+            let _ = self.shared.barrier.meet(false);
             worker.thread().unpark();
-            // A worker that panicked has nothing left to clean up.
             let _ = worker.join();
         }
     }
@@ -552,6 +546,23 @@ mod tests {
     fn a_stepper_is_send() {
         fn send<T: Send>() {}
         send::<HostStepper>();
+    }
+
+    /// A thread that panics while it holds its guard releases the other from the barrier, which
+    /// then panics instead of waiting for ever.
+    #[test]
+    fn a_panicking_thread_abandons_the_barrier() {
+        let barrier = Arc::new(SpinBarrier::default());
+        let other = {
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                let _abandon = barrier.abandon_on_panic();
+                panic!("the other thread fails before the meeting");
+            })
+        };
+        assert!(other.join().is_err());
+        assert!(!barrier.meet(true));
+        assert!(std::panic::catch_unwind(|| barrier.wait(false)).is_err());
     }
 
     /// Both threads pass every meeting, many times over, and the stepper's drop ends the worker.
