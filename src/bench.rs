@@ -266,11 +266,7 @@ fn measure(case: &Case, device: &Device, budget: Duration) -> Report {
 /// Bytes of weights one sampling step of `case`'s model reads.
 fn sample_weight_bytes(case: &Case) -> usize {
     let h = case.d_hidden;
-    let gates = match case.cell {
-        CellKind::Rnn => 1,
-        CellKind::Gru => 3,
-        CellKind::Lstm => 4,
-    } * h;
+    let gates = case.cell.num_gates() * h;
     let recurrent = case.num_layers * h * gates;
     let inputs = (case.num_layers - 1) * h * gates + gates;
     let head = (h + 1) * VOCAB;

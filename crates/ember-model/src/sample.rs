@@ -123,17 +123,23 @@ impl CharLm {
             .collect();
         let embedding = self.embedding.as_ref().map(|e| host(e.weight.val()));
         let layers = self.rnn.layers.iter().map(|l| l.host_weights()).collect();
-        let head = HeadWeights {
+        let head = self.host_head();
+        match threads {
+            Some(threads) => HostStepper::with_threads(embedding, layers, head, states, threads),
+            None => HostStepper::new(embedding, layers, head, states),
+        }
+    }
+
+    /// The head's weights in host memory, as the host kernels take them: a zero bias where the
+    /// head has none.
+    pub fn host_head(&self) -> HeadWeights {
+        HeadWeights {
             weight: host(self.head.weight.val()),
             bias: self
                 .head
                 .bias
                 .as_ref()
                 .map_or_else(|| vec![0.0; self.vocab_size()], |b| host(b.val())),
-        };
-        match threads {
-            Some(threads) => HostStepper::with_threads(embedding, layers, head, states, threads),
-            None => HostStepper::new(embedding, layers, head, states),
         }
     }
 }

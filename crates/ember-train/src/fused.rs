@@ -128,13 +128,7 @@ impl HostChunk {
                 .iter()
                 .map(|layer| layer.host_weights())
                 .collect(),
-            head: HeadWeights {
-                weight: host(model.head.weight.val()),
-                bias: match &model.head.bias {
-                    Some(bias) => host(bias.val()),
-                    None => vec![0.0; model.vocab_size()],
-                },
-            },
+            head: model.host_head(),
             table: model
                 .embedding
                 .as_ref()
