@@ -1,8 +1,11 @@
 //! `ember bench`: training and sampling throughput of the character model, one JSON line per
 //! case, with `burn::nn::Lstm` measured in the same run as the baseline and the PyTorch figures
-//! of the speed issue beside it. Each case runs in a child process of its own, so its peak
-//! resident memory is its own; with `--pytorch`, PyTorch runs the same case in a child of its own
-//! right after, so that the ratio to it holds on a noisy machine.
+//! of the speed issue beside it; then the library-path cases of `library`. Each case runs in a
+//! child process of its own, so its peak resident memory is its own; with `--pytorch`, PyTorch
+//! runs the same case in a child of its own right after, so that the ratio to it holds on a noisy
+//! machine.
+
+mod library;
 
 use std::io::Write;
 use std::path::Path;
@@ -19,6 +22,8 @@ use serde::{Deserialize, Serialize};
 
 const VOCAB: usize = 65;
 const D_EMBED: usize = 64;
+/// Adam's learning rate in every case, Ember's and PyTorch's.
+const LR: f64 = 2e-3;
 
 /// One configuration to measure.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -185,7 +190,7 @@ fn measure(case: &Case, device: &Device, budget: Duration) -> Report {
             * steps_per_sec(budget, || {
                 let (loss, next) = model.forward_loss(ids.clone(), targets.clone(), state.take());
                 let grads = GradientsParams::from_grads(loss.backward(), &*model);
-                *model = optimizer.step(2e-3, model.clone(), grads);
+                *model = optimizer.step(LR, model.clone(), grads);
                 state = Some(next.detach());
             })
     };
@@ -204,7 +209,7 @@ fn measure(case: &Case, device: &Device, budget: Duration) -> Report {
                     &train_device,
                     0,
                 );
-                model = optimizer.step(2e-3, model.clone(), step.gradients);
+                model = optimizer.step(LR, model.clone(), step.gradients);
                 state = step.state.detach();
             })
     } else {
@@ -232,7 +237,7 @@ fn measure(case: &Case, device: &Device, budget: Duration) -> Report {
             * steps_per_sec(budget, || {
                 let loss = model.loss(ids.clone(), targets.clone());
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
-                model = optimizer.step(2e-3, model.clone(), grads);
+                model = optimizer.step(LR, model.clone(), grads);
             })
     });
 
@@ -338,14 +343,9 @@ fn peak_rss_mb() -> f64 {
 /// Measures one case in this process and prints its JSON line.
 pub fn run_case(name: &str, device: &Device, seconds: f64) -> Result<()> {
     let Some(case) = cases().into_iter().find(|c| c.name() == name) else {
-        bail!(
-            "no bench case `{name}`; cases: {}",
-            cases()
-                .iter()
-                .map(Case::name)
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        return library::run_case(name, device, seconds).unwrap_or_else(|| {
+            bail!("no bench case `{name}`; cases: {}", case_names().join(", "))
+        });
     };
     let report = measure(&case, device, Duration::from_secs_f64(seconds));
     println!("{}", serde_json::to_string(&report)?);
@@ -380,15 +380,33 @@ struct PytorchMeasured {
     ratio_to_pytorch_measured_rss: f64,
 }
 
-/// Runs `case` through PyTorch with `python`, the script on its standard input.
-fn measure_pytorch(python: &Path, case: &Case, seconds: f64) -> Result<PytorchReport> {
+/// Every case's name, the language-model cases first.
+fn case_names() -> Vec<String> {
+    let library = library::cases();
+    let library = library.iter().map(library::LibraryCase::name);
+    cases().iter().map(Case::name).chain(library).collect()
+}
+
+/// The arguments of `bench/pytorch_baseline.py` for a language-model case.
+fn pytorch_args(case: &Case) -> Vec<String> {
+    [
+        ("--cell", case.cell.to_string()),
+        ("--layers", case.num_layers.to_string()),
+        ("--hidden", case.d_hidden.to_string()),
+        ("--batch", case.batch_size.to_string()),
+        ("--seq", case.seq_len.to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_string(), value])
+    .collect()
+}
+
+/// Runs case `name` through PyTorch with `python`, the script on its standard input and `args`
+/// after it; returns the line the script printed last.
+fn measure_pytorch(python: &Path, name: &str, args: &[String], seconds: f64) -> Result<String> {
     let mut child = Command::new(python)
         .arg("-")
-        .args(["--cell", &case.cell.to_string()])
-        .args(["--layers", &case.num_layers.to_string()])
-        .args(["--hidden", &case.d_hidden.to_string()])
-        .args(["--batch", &case.batch_size.to_string()])
-        .args(["--seq", &case.seq_len.to_string()])
+        .args(args)
         .args(["--seconds", &seconds.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -406,16 +424,31 @@ fn measure_pytorch(python: &Path, case: &Case, seconds: f64) -> Result<PytorchRe
         .context("running the PyTorch baseline")?;
     if !output.status.success() {
         bail!(
-            "--pytorch {} failed on case {} (is torch installed for it?): {}",
+            "--pytorch {} failed on case {name} (is torch installed for it?): {}",
             python.display(),
-            case.name(),
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line)
-        .with_context(|| format!("reading the PyTorch baseline's report `{line}`"))
+    Ok(stdout.lines().last().unwrap_or_default().to_string())
+}
+
+/// The fields to append to language-model case `ours` from PyTorch's line `theirs`.
+fn pytorch_fields(ours: &str, theirs: &str) -> Result<String> {
+    let ours: Report = serde_json::from_str(ours).context("reading a bench case's report")?;
+    let torch: PytorchReport = serde_json::from_str(theirs)
+        .with_context(|| format!("reading the PyTorch baseline's report `{theirs}`"))?;
+    let measured = PytorchMeasured {
+        ratio_to_pytorch_measured_train: round3(
+            ours.train_chars_per_sec / torch.train_chars_per_sec,
+        ),
+        ratio_to_pytorch_measured_sample: round3(
+            ours.sample_chars_per_sec / torch.sample_chars_per_sec,
+        ),
+        ratio_to_pytorch_measured_rss: round3(ours.peak_rss_mb / torch.peak_rss_mb),
+        pytorch_measured: torch,
+    };
+    Ok(serde_json::to_string(&measured)?)
 }
 
 /// Measures every case (or those whose name contains `filter`), each in a child process, and
@@ -427,32 +460,25 @@ pub fn run_all(
     pytorch: Option<&Path>,
 ) -> Result<()> {
     let exe = std::env::current_exe().context("finding the ember binary")?;
-    let selected: Vec<Case> = cases()
+    let selected: Vec<String> = case_names()
         .into_iter()
-        .filter(|c| filter.is_none_or(|f| c.name().contains(f)))
+        .filter(|name| filter.is_none_or(|f| name.contains(f)))
         .collect();
     if selected.is_empty() {
         bail!("no bench case matches `{}`", filter.unwrap_or_default());
     }
-    for case in selected {
+    for name in selected {
         let mut command = std::process::Command::new(&exe);
         if let Some(device) = device_name {
             command.args(["--device", device]);
         }
         let output = command
-            .args([
-                "bench",
-                "--case",
-                &case.name(),
-                "--seconds",
-                &seconds.to_string(),
-            ])
+            .args(["bench", "--case", &name, "--seconds", &seconds.to_string()])
             .output()
             .context("running a bench case")?;
         if !output.status.success() {
             bail!(
-                "bench case {} failed: {}",
-                case.name(),
+                "bench case {name} failed: {}",
                 String::from_utf8_lossy(&output.stderr)
             );
         }
@@ -462,20 +488,24 @@ pub fn run_all(
             continue;
         };
         let line = stdout.trim();
-        let ours: Report = serde_json::from_str(line).context("reading a bench case's report")?;
-        let torch = measure_pytorch(python, &case, seconds)?;
-        let measured = PytorchMeasured {
-            ratio_to_pytorch_measured_train: round3(
-                ours.train_chars_per_sec / torch.train_chars_per_sec,
-            ),
-            ratio_to_pytorch_measured_sample: round3(
-                ours.sample_chars_per_sec / torch.sample_chars_per_sec,
-            ),
-            ratio_to_pytorch_measured_rss: round3(ours.peak_rss_mb / torch.peak_rss_mb),
-            pytorch_measured: torch,
+        let extra = match cases().into_iter().find(|c| c.name() == name) {
+            Some(case) => {
+                let theirs = measure_pytorch(python, &name, &pytorch_args(&case), seconds)?;
+                pytorch_fields(line, &theirs)?
+            }
+            None => {
+                let case = library::cases()
+                    .into_iter()
+                    .find(|c| c.name() == name)
+                    .context("a library case of a listed name")?;
+                let ours: library::LibraryReport =
+                    serde_json::from_str(line).context("reading a bench case's report")?;
+                let args = case.pytorch_args(ours.threads);
+                let theirs = measure_pytorch(python, &name, &args, seconds)?;
+                library::pytorch_fields(&case, &ours, &theirs)?
+            }
         };
         // The case's own line, its fields in order, with PyTorch's appended.
-        let extra = serde_json::to_string(&measured)?;
         let (Some(ours), Some(extra)) = (line.strip_suffix('}'), extra.strip_prefix('{')) else {
             bail!("a bench case's report `{line}` is not a JSON object");
         };

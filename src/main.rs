@@ -159,7 +159,8 @@ struct BenchArgs {
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
     /// Also measure PyTorch on each case, in the same run, with this Python interpreter (one
-    /// with `torch` installed): `bench/pytorch_baseline.py`, 2 threads.
+    /// with `torch` installed): `bench/pytorch_baseline.py`, on 2 threads for the
+    /// language-model cases and on as many as Burn's pool has for the library cases.
     #[arg(long, conflicts_with = "case")]
     pytorch: Option<PathBuf>,
 }
