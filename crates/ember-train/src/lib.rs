@@ -27,13 +27,13 @@ pub use error::TrainError;
 pub use plot::{plot_curves, plot_losses};
 pub use pytorch::{export_torch, import_torch};
 pub use run::{EvalReport, Run};
-pub use step::GradientStep;
+pub use step::{GradientStep, optimizer_for};
 pub use task::{
     Example, LABELS_FILE, SequenceData, SequenceTask, Target, TaskRun, TaskTrainer, TaskVocab,
     score,
 };
 pub use trainer::{
     CONFIG_FILE, METRICS_FILE, MetricsRecord, RunOutcome, Trainer, VOCAB_FILE, chunk_tensors,
-    mean_loss, model_config, optimizer_for,
+    mean_loss, model_config,
 };
 pub use training::{Evaluation, Training};

@@ -11,7 +11,8 @@ use ember_model::{CellKind, CharLm};
 use crate::checkpoint::{CheckpointDir, Progress, write_atomically};
 use crate::config::RunConfig;
 use crate::error::io_error;
-use crate::trainer::{CONFIG_FILE, VOCAB_FILE, lock_run_dir, optimizer_for};
+use crate::step::optimizer_for;
+use crate::trainer::{CONFIG_FILE, VOCAB_FILE, lock_run_dir};
 use crate::{Run, TrainError};
 
 /// Makes a run directory `out` from a PyTorch state dict (`.safetensors` or `.pt`) of the

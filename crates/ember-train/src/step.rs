@@ -1,12 +1,15 @@
 //! The optimizer step every Ember task shares: gradients, clipping, learning-rate schedule,
-//! update.
+//! update; and the optimizer an `[optimizer]` section names.
 
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::{
+    AdaGradConfig, AdamConfig, GradientsParams, ModuleOptimizer, RmsPropConfig, SgdConfig,
+    momentum::MomentumConfig,
+};
 use burn::tensor::Tensor;
 
 use crate::clip::{clip_grad_norm, clip_grad_value};
-use crate::trainer::optimizer_from;
+use crate::config::{OptimizerKind, RunConfig};
 use crate::{OptimizerConfig, TrainError};
 
 /// Turns a loss into updated weights as an `[optimizer]` section says: backward pass, clipping
@@ -102,6 +105,33 @@ impl GradientStep {
             clip_grad_value(model, grads, self.config.grad_clip_value);
         }
         clip_grad_norm(model, grads, self.config.grad_clip_norm)
+    }
+}
+
+/// The optimizer a run's config names.
+pub fn optimizer_for(config: &RunConfig) -> ModuleOptimizer {
+    optimizer_from(&config.optimizer)
+}
+
+/// The optimizer an `[optimizer]` section names, with no state yet.
+pub(crate) fn optimizer_from(optimizer: &OptimizerConfig) -> ModuleOptimizer {
+    let epsilon = optimizer.epsilon as f32;
+    match optimizer.kind {
+        OptimizerKind::Adam => AdamConfig::new().with_epsilon(epsilon).init(),
+        OptimizerKind::Adagrad => AdaGradConfig::new().with_epsilon(epsilon).init(),
+        OptimizerKind::Rmsprop => RmsPropConfig::new()
+            .with_alpha(optimizer.rmsprop_alpha as f32)
+            .with_momentum(optimizer.momentum as f32)
+            .with_epsilon(epsilon)
+            .init(),
+        OptimizerKind::Sgd => {
+            let momentum = (optimizer.momentum > 0.0).then(|| {
+                MomentumConfig::new()
+                    .with_momentum(optimizer.momentum)
+                    .with_dampening(0.0)
+            });
+            SgdConfig::new().with_momentum(momentum).init()
+        }
     }
 }
 

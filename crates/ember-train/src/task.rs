@@ -20,10 +20,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::checkpoint::{CheckpointDir, Progress, no_carried, write_atomically};
 use crate::config::{RunConfig, TaskKind};
 use crate::error::{expect_run, io_error};
-use crate::step::GradientStep;
-use crate::trainer::{
-    CONFIG_FILE, METRICS_FILE, VOCAB_FILE, lock_run_dir, optimizer_from, truncate_metrics,
-};
+use crate::step::{GradientStep, optimizer_from};
+use crate::trainer::{CONFIG_FILE, METRICS_FILE, VOCAB_FILE, lock_run_dir, truncate_metrics};
 use crate::{Evaluation, TrainError, Training};
 
 /// The class names (or tag characters) of a run, inside its directory.

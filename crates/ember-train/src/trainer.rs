@@ -4,9 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::{
-    AdaGradConfig, AdamConfig, ModuleOptimizer, RmsPropConfig, SgdConfig, momentum::MomentumConfig,
-};
+use burn::optim::ModuleOptimizer;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ember_data::{Chunk, Corpus, Splits, StreamBatcher, Vocab};
 use ember_model::{CharLm, CharLmConfig, RecurrentState};
@@ -14,10 +12,10 @@ use fs2::FileExt;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointDir, Progress, char_lm_carried, write_atomically};
-use crate::config::{OptimizerConfig, OptimizerKind, RunConfig};
+use crate::config::RunConfig;
 use crate::error::{expect_run, io_error};
 use crate::fused::{fused_loss, fused_step};
-use crate::step::GradientStep;
+use crate::step::{GradientStep, optimizer_for};
 use crate::{Evaluation, TrainError, Training};
 
 /// The resolved config of a run, inside its directory.
@@ -369,33 +367,6 @@ fn drawn<M: Module>(model: M) -> M {
     }
     model.visit(&mut Draw);
     model
-}
-
-/// The optimizer a run's config names.
-pub fn optimizer_for(config: &RunConfig) -> ModuleOptimizer {
-    optimizer_from(&config.optimizer)
-}
-
-/// The optimizer an `[optimizer]` section names, with no state yet.
-pub(crate) fn optimizer_from(optimizer: &OptimizerConfig) -> ModuleOptimizer {
-    let epsilon = optimizer.epsilon as f32;
-    match optimizer.kind {
-        OptimizerKind::Adam => AdamConfig::new().with_epsilon(epsilon).init(),
-        OptimizerKind::Adagrad => AdaGradConfig::new().with_epsilon(epsilon).init(),
-        OptimizerKind::Rmsprop => RmsPropConfig::new()
-            .with_alpha(optimizer.rmsprop_alpha as f32)
-            .with_momentum(optimizer.momentum as f32)
-            .with_epsilon(epsilon)
-            .init(),
-        OptimizerKind::Sgd => {
-            let momentum = (optimizer.momentum > 0.0).then(|| {
-                MomentumConfig::new()
-                    .with_momentum(optimizer.momentum)
-                    .with_dampening(0.0)
-            });
-            SgdConfig::new().with_momentum(momentum).init()
-        }
-    }
 }
 
 /// The chunk's ids as `[batch_size, seq_len]` tensors.
