@@ -273,8 +273,66 @@ fn random_ids(shape: [usize; 2], vocab: usize, device: &Device) -> Tensor<2, Int
     Tensor::<2>::random(shape, Distribution::Uniform(0.0, vocab as f64), device).int()
 }
 
-fn ints(values: Vec<i64>, shape: [usize; 1], device: &Device) -> Tensor<1, Int> {
-    Tensor::from_data(TensorData::new(values, shape), device)
+/// Steps per second of the character model of `case`, truncated BPTT as a user's loop runs it:
+/// the state carried into the next chunk, detached.
+fn train_stacked(case: &LibraryCase, device: &Device, budget: Duration) -> f64 {
+    let model = StackedLm {
+        embedding: EmbeddingConfig::new(CHAR_VOCAB, CHAR_D_EMBED).init(device),
+        rnn: StackedRecurrentConfig::new(case.cell, CHAR_D_EMBED, case.d_hidden)
+            .with_num_layers(case.num_layers)
+            .with_dropout(case.dropout)
+            .init(device),
+        head: LinearConfig::new(case.d_hidden, CHAR_VOCAB).init(device),
+    };
+    let shape = [case.batch_size, case.seq_len];
+    let ids = random_ids(shape, CHAR_VOCAB, device);
+    let targets = random_ids(shape, CHAR_VOCAB, device);
+    let mut state: Option<RecurrentState> = None;
+    train(model, budget, |model| {
+        let (loss, next) = model.forward_loss(ids.clone(), targets.clone(), state.take());
+        state = Some(next.detach());
+        loss
+    })
+}
+
+/// Steps per second of the classifier of `case` on its padded batch.
+fn train_classifier(case: &LibraryCase, device: &Device, budget: Duration) -> f64 {
+    let model = SequenceClassifierConfig::new(task_encoder(case), NUM_CLASSES).init(device);
+    let ids = random_ids([case.batch_size, case.seq_len], TASK_VOCAB, device);
+    let labels = (0..case.batch_size).map(|row| (row % NUM_CLASSES) as i64);
+    let labels = Tensor::from_data(TensorData::new(labels.collect(), [case.batch_size]), device);
+    let lengths = case.lengths();
+    train(model, budget, |model| {
+        cross_entropy(model.forward(ids.clone(), &lengths), labels.clone())
+    })
+}
+
+/// Steps per second of the seq2seq model of `case`, teacher-forced on its padded batch.
+fn train_seq2seq(case: &LibraryCase, device: &Device, budget: Duration) -> f64 {
+    let decoder = SequenceDecoderConfig::new(TASK_VOCAB, case.cell, case.d_hidden)
+        .with_d_embed(TASK_D_EMBED)
+        .with_num_layers(case.num_layers)
+        .with_dropout(case.dropout);
+    let encoder = task_encoder(case).with_bidirectional(true);
+    let model = Seq2SeqConfig::new(encoder, decoder).init(device);
+    let (batch_size, seq_len) = (case.batch_size, case.seq_len);
+    let source = random_ids([batch_size, seq_len], TASK_VOCAB, device);
+    // The start mark then the target, and the target then its end mark: one step more than the
+    // source, real up to and including the end mark.
+    let inputs = random_ids([batch_size, seq_len + 1], TASK_VOCAB, device);
+    let targets = random_ids([batch_size, seq_len + 1], TASK_VOCAB, device);
+    let lengths = case.lengths();
+    let target_lengths: Vec<usize> = lengths.iter().map(|len| len + 1).collect();
+    let mask = length_mask(&target_lengths, seq_len + 1, device);
+    train(model, budget, |model| {
+        model.forward_loss(
+            source.clone(),
+            &lengths,
+            inputs.clone(),
+            targets.clone(),
+            mask.clone(),
+        )
+    })
 }
 
 /// Trains `case` for about `budget` on `device` (with autodiff), then measures the machine's
@@ -282,61 +340,10 @@ fn ints(values: Vec<i64>, shape: [usize; 1], device: &Device) -> Tensor<1, Int> 
 fn measure(case: &LibraryCase, device: &Device, budget: Duration) -> LibraryReport {
     let device = device.clone().autodiff();
     device.seed(1);
-    let (batch_size, seq_len) = (case.batch_size, case.seq_len);
-    let lengths = case.lengths();
     let steps_per_sec = match case.shape {
-        Shape::Stacked => {
-            let model = StackedLm {
-                embedding: EmbeddingConfig::new(CHAR_VOCAB, CHAR_D_EMBED).init(&device),
-                rnn: StackedRecurrentConfig::new(case.cell, CHAR_D_EMBED, case.d_hidden)
-                    .with_num_layers(case.num_layers)
-                    .with_dropout(case.dropout)
-                    .init(&device),
-                head: LinearConfig::new(case.d_hidden, CHAR_VOCAB).init(&device),
-            };
-            let ids = random_ids([batch_size, seq_len], CHAR_VOCAB, &device);
-            let targets = random_ids([batch_size, seq_len], CHAR_VOCAB, &device);
-            let mut state: Option<RecurrentState> = None;
-            train(model, budget, |model| {
-                let (loss, next) = model.forward_loss(ids.clone(), targets.clone(), state.take());
-                state = Some(next.detach());
-                loss
-            })
-        }
-        Shape::Classifier => {
-            let model =
-                SequenceClassifierConfig::new(task_encoder(case), NUM_CLASSES).init(&device);
-            let ids = random_ids([batch_size, seq_len], TASK_VOCAB, &device);
-            let labels = (0..batch_size).map(|row| (row % NUM_CLASSES) as i64);
-            let labels = ints(labels.collect(), [batch_size], &device);
-            train(model, budget, |model| {
-                cross_entropy(model.forward(ids.clone(), &lengths), labels.clone())
-            })
-        }
-        Shape::Seq2Seq => {
-            let decoder = SequenceDecoderConfig::new(TASK_VOCAB, case.cell, case.d_hidden)
-                .with_d_embed(TASK_D_EMBED)
-                .with_num_layers(case.num_layers)
-                .with_dropout(case.dropout);
-            let encoder = task_encoder(case).with_bidirectional(true);
-            let model = Seq2SeqConfig::new(encoder, decoder).init(&device);
-            let source = random_ids([batch_size, seq_len], TASK_VOCAB, &device);
-            // The start mark then the target, and the target then its end mark: one step more
-            // than the source.
-            let inputs = random_ids([batch_size, seq_len + 1], TASK_VOCAB, &device);
-            let targets = random_ids([batch_size, seq_len + 1], TASK_VOCAB, &device);
-            let target_lengths: Vec<usize> = lengths.iter().map(|len| len + 1).collect();
-            let mask = length_mask(&target_lengths, seq_len + 1, &device);
-            train(model, budget, |model| {
-                model.forward_loss(
-                    source.clone(),
-                    &lengths,
-                    inputs.clone(),
-                    targets.clone(),
-                    mask.clone(),
-                )
-            })
-        }
+        Shape::Stacked => train_stacked(case, &device, budget),
+        Shape::Classifier => train_classifier(case, &device, budget),
+        Shape::Seq2Seq => train_seq2seq(case, &device, budget),
     };
     let peak_rss_mb = super::peak_rss_mb();
 
