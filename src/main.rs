@@ -15,9 +15,10 @@ use clap::{Args, Parser, Subcommand};
 use ember_data::DataError;
 use ember_model::torch::TorchError;
 use ember_model::{SampleConfig, SampleError, Seq2Seq, SequenceClassifier, SequenceTagger};
+use ember_train::inspect::group_digits;
 use ember_train::{
-    CONFIG_FILE, DivergencePolicy, MetricsRecord, Run, RunConfig, RunOutcome, TaskKind, TaskRun,
-    TaskTrainer, TrainError, Trainer, Training, plot_losses,
+    CONFIG_FILE, DivergencePolicy, Inspection, MetricsRecord, Run, RunConfig, RunOutcome, TaskKind,
+    TaskRun, TaskTrainer, TrainError, Trainer, Training, plot_losses, write_atomically,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -48,6 +49,8 @@ enum Command {
     Predict(PredictArgs),
     /// Draw a run's training and validation loss curves as an SVG image in the run directory.
     Plot(PlotArgs),
+    /// Write an HTML page that colours a text by each hidden unit's activation.
+    Inspect(InspectArgs),
     /// Turn a PyTorch character model's state dict into a run directory.
     ImportTorch(ImportTorchArgs),
     /// Write a run's newest weights as a PyTorch state dict (.safetensors).
@@ -107,6 +110,22 @@ struct EvalArgs {
     /// The text to evaluate on, read as one stream.
     #[arg(long)]
     text: PathBuf,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// The run directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// The text to read through the model, as one stream from a zero state (as `eval` reads it).
+    #[arg(long)]
+    text: PathBuf,
+    /// Read at most this many characters; a longer text is cut, with a note on the page.
+    #[arg(long, default_value_t = ember_train::inspect::DEFAULT_CHARS)]
+    chars: usize,
+    /// The page to write (default: `inspect.html` in the run directory).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -244,6 +263,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval(args, &device),
         Command::Predict(args) => predict(args, &device),
         Command::Plot(args) => plot(args),
+        Command::Inspect(args) => inspect(args, &device),
         Command::Bench(args) => {
             if !(args.seconds.is_finite() && args.seconds > 0.0) {
                 return Err(usage(format!(
@@ -536,5 +556,39 @@ fn plot(args: PlotArgs) -> Result<()> {
     let out = args.run.join("loss.svg");
     let points = plot_losses(&args.run, &out)?;
     println!("{} ({points} points)", out.display());
+    Ok(())
+}
+
+fn inspect(args: InspectArgs, device: &Device) -> Result<()> {
+    if args.chars == 0 {
+        return Err(usage("--chars must be at least 1"));
+    }
+    expect_language_model(&args.run, "inspect")?;
+    let start = std::time::Instant::now();
+    let run = Run::open(&args.run, device)?;
+    let inspection = Inspection::new(&run, &args.text, args.chars, device)?;
+    let html = inspection.to_html();
+    let out = args.out.unwrap_or_else(|| args.run.join("inspect.html"));
+    write_atomically(&out, html.as_bytes())?;
+    let cut = if inspection.is_cut() {
+        format!(" of {}", group_digits(inspection.total_chars))
+    } else {
+        String::new()
+    };
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "{} ({:.2} MB, {} characters{cut}, {:.1} s)",
+        out.display(),
+        html.len() as f64 / 1e6,
+        group_digits(inspection.text.len()),
+        start.elapsed().as_secs_f64()
+    )?;
+    if !inspection.ranked.is_empty() {
+        writeln!(stdout, "the units that best track the text:")?;
+    }
+    for correlation in inspection.ranked.iter().take(3) {
+        writeln!(stdout, "  {}", inspection.describe(correlation))?;
+    }
     Ok(())
 }

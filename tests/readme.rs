@@ -204,6 +204,7 @@ fn every_readme_command_runs() {
         "runs/from-torch/config.toml",
         "model.safetensors",
         "runs/smoke/config.toml",
+        "inspect.html",
     ] {
         assert!(scratch.path().join(expected).exists(), "{expected} missing");
     }

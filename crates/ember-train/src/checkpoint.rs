@@ -491,10 +491,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     let temporary = path.with_file_name(format!(".{file_name}.tmp"));
     write_synced(&temporary, bytes)?;
     fs::rename(&temporary, path).map_err(io_error(path))?;
-    if let Some(parent) = path.parent() {
-        sync_dir(parent)?;
+    // A bare file name's parent is the empty path: the current directory.
+    match path.parent() {
+        Some(parent) if parent.as_os_str().is_empty() => sync_dir(Path::new(".")),
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {

@@ -7,6 +7,7 @@ pub mod clip;
 mod config;
 mod error;
 pub mod fused;
+pub mod inspect;
 mod plot;
 mod pytorch;
 mod run;
@@ -24,6 +25,7 @@ pub use config::{
     TaskConfig, TaskKind, TrainConfig,
 };
 pub use error::TrainError;
+pub use inspect::Inspection;
 pub use plot::{plot_curves, plot_losses};
 pub use pytorch::{export_torch, import_torch};
 pub use run::{EvalReport, Run};
