@@ -344,7 +344,10 @@ fn peak_rss_mb() -> f64 {
 pub fn run_case(name: &str, device: &Device, seconds: f64) -> Result<()> {
     let Some(case) = cases().into_iter().find(|c| c.name() == name) else {
         return library::run_case(name, device, seconds).unwrap_or_else(|| {
-            bail!("no bench case `{name}`; cases: {}", case_names().join(", "))
+            Err(crate::usage(format!(
+                "no bench case `{name}`; cases: {}",
+                case_names().join(", ")
+            )))
         });
     };
     let report = measure(&case, device, Duration::from_secs_f64(seconds));
@@ -465,7 +468,10 @@ pub fn run_all(
         .filter(|name| filter.is_none_or(|f| name.contains(f)))
         .collect();
     if selected.is_empty() {
-        bail!("no bench case matches `{}`", filter.unwrap_or_default());
+        return Err(crate::usage(format!(
+            "no bench case matches `{}`",
+            filter.unwrap_or_default()
+        )));
     }
     for name in selected {
         let mut command = std::process::Command::new(&exe);

@@ -1,6 +1,6 @@
 //! Choosing the backend device among those compiled in.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use burn::tensor::Device;
 
 /// The backend names compiled into this binary, fastest CPU backend first.
@@ -49,11 +49,13 @@ fn by_name(name: &str) -> Result<Device> {
         "cuda" => Device::cuda(0),
         #[cfg(feature = "rocm")]
         "rocm" => Device::rocm(0),
-        _ => bail!(
-            "device `{name}` is not compiled into this binary; available: {} \
-             (rebuild with --features {name} to add it)",
-            available().join(", ")
-        ),
+        _ => {
+            return Err(crate::usage(format!(
+                "device `{name}` is not compiled into this binary; available: {} \
+                 (rebuild with --features {name} to add it)",
+                available().join(", ")
+            )));
+        }
     };
     Ok(device)
 }

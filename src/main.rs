@@ -18,7 +18,7 @@ use ember_model::{SampleConfig, SampleError, Seq2Seq, SequenceClassifier, Sequen
 use ember_train::inspect::group_digits;
 use ember_train::{
     CONFIG_FILE, DivergencePolicy, Inspection, MetricsRecord, Run, RunConfig, RunOutcome, TaskKind,
-    TaskRun, TaskTrainer, TrainError, Trainer, Training, plot_losses, write_atomically,
+    TaskRun, TaskTrainer, TrainError, Trainer, Training, plot_losses,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -82,9 +82,10 @@ struct SampleArgs {
     /// The run directory.
     #[arg(long)]
     run: PathBuf,
-    /// Text the model reads before it starts writing (default: a newline).
-    #[arg(long, default_value = "\n")]
-    prime: String,
+    /// Text the model reads before it starts writing (default: a newline, or the vocabulary's
+    /// first character if it has no newline).
+    #[arg(long)]
+    prime: Option<String>,
     /// How many characters to write.
     #[arg(long, default_value_t = 500)]
     length: usize,
@@ -136,6 +137,10 @@ struct PredictArgs {
     /// The lines to answer, one input per line (default: standard input).
     #[arg(long)]
     input: Option<PathBuf>,
+    /// The longest line to answer, in characters (the model reads a line whole: about 2 KB of
+    /// memory per character).
+    #[arg(long, default_value_t = ember_train::MAX_LINE_CHARS)]
+    max_line_chars: usize,
 }
 
 #[derive(Args)]
@@ -194,6 +199,10 @@ struct PlotArgs {
 fn main() {
     let cli = Cli::parse();
     if let Err(error) = run(cli) {
+        if closed_pipe(&error) {
+            // The reader (`head`, a pager) has all it wants: not a failure.
+            std::process::exit(0);
+        }
         // Library errors already name their cause; add only causes not yet said.
         let mut message = error.to_string();
         for cause in error.chain().skip(1) {
@@ -216,6 +225,15 @@ fn usage(message: impl Into<String>) -> anyhow::Error {
     UsageError(message.into()).into()
 }
 
+/// Whether `error` is a write to a pipe whose reader has gone.
+fn closed_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// The exit status of a failed command, by what went wrong (README, "Exit status"): 2 the
 /// command line or a config, 3 the input data, 4 a run directory or checkpoint, 5 the file
 /// system, 6 training diverged, 1 anything else.
@@ -229,14 +247,15 @@ fn exit_status(error: &anyhow::Error) -> i32 {
         }
         if let Some(error) = cause.downcast_ref::<TrainError>() {
             return match error {
-                TrainError::Config { .. } => 2,
+                TrainError::Config { .. } | TrainError::Output { .. } => 2,
                 TrainError::Data(_) | TrainError::Torch(_) => 3,
                 TrainError::NoRun(_)
                 | TrainError::NoCheckpoint(_)
                 | TrainError::Checkpoint { .. }
                 | TrainError::Mismatch { .. }
                 | TrainError::Locked(_)
-                | TrainError::RunExists(_) => 4,
+                | TrainError::RunExists { .. }
+                | TrainError::NotEmpty { .. } => 4,
                 TrainError::Io { .. } | TrainError::Plot { .. } => 5,
                 TrainError::Diverged { .. } => 6,
             };
@@ -355,7 +374,11 @@ fn train(args: TrainArgs, device: &Device, interactive: bool) -> Result<()> {
             resumed_trainer(run_dir, &args.overrides, device)?,
         ),
         (Some(config_path), None) => {
-            let config = RunConfig::load(config_path, &args.overrides)?;
+            // A config file that cannot be read is a command-line error, like a bad key in it.
+            let config = RunConfig::load(config_path, &args.overrides).map_err(|e| match e {
+                TrainError::Io { path, source } => usage(format!("{}: {source}", path.display())),
+                e => e.into(),
+            })?;
             let run_dir = args
                 .run_dir
                 .clone()
@@ -459,7 +482,12 @@ fn sample(args: SampleArgs, device: &Device) -> Result<()> {
     }
     expect_language_model(&args.run, "sample")?;
     let run = Run::open(&args.run, device)?;
-    let unknown = run.vocab.unknown_chars(&args.prime);
+    let prime = match args.prime {
+        Some(prime) => prime,
+        None if run.vocab.id('\n').is_some() => "\n".into(),
+        None => run.vocab.chars()[0].to_string(),
+    };
+    let unknown = run.vocab.unknown_chars(&prime);
     if !unknown.is_empty() {
         return Err(usage(format!(
             "--prime has characters outside the run's vocabulary: {}",
@@ -470,9 +498,9 @@ fn sample(args: SampleArgs, device: &Device) -> Result<()> {
                 .join(", ")
         )));
     }
-    let prime: Vec<usize> = run
+    let prime_ids: Vec<usize> = run
         .vocab
-        .encode(&args.prime)?
+        .encode(&prime)?
         .into_iter()
         .map(usize::from)
         .collect();
@@ -482,18 +510,44 @@ fn sample(args: SampleArgs, device: &Device) -> Result<()> {
         .with_argmax(args.argmax)
         .with_seed(args.seed);
     let model = run.model.valid();
-    let sampler = model.sampler(&prime, config, device)?;
-    let text = run.vocab.decode(sampler.take(args.length))?;
-    let mut out = std::io::stdout().lock();
-    write!(out, "{}{}", args.prime, text)?;
+    let sampler = model.sampler(&prime_ids, config, device)?;
+    // Written as drawn: a reader sees the text grow, and one that stops reading (`| head`)
+    // ends the sampling at the next write.
+    let stdout = std::io::stdout();
+    let terminal = stdout.is_terminal();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    out.write_all(prime.as_bytes())?;
+    let chars = run.vocab.chars();
+    let mut buffer = [0u8; 4];
+    for id in sampler.take(args.length) {
+        let ch = chars[id];
+        out.write_all(ch.encode_utf8(&mut buffer).as_bytes())?;
+        if terminal && ch == '\n' {
+            out.flush()?;
+        }
+    }
     writeln!(out)?;
+    out.flush()?;
     Ok(())
 }
 
 fn eval(args: EvalArgs, device: &Device) -> Result<()> {
     expect_language_model(&args.run, "eval")?;
     let run = Run::open(&args.run, device)?;
-    let report = run.evaluate_file(&args.text, 256, device)?;
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} characters  eta {eta}")
+            .expect("a valid template"),
+    );
+    let report = run.evaluate_file(&args.text, 256, device, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
@@ -514,36 +568,48 @@ fn expect_language_model(run_dir: &Path, command: &str) -> Result<()> {
 }
 
 fn predict(args: PredictArgs, device: &Device) -> Result<()> {
-    let (text, origin) = match &args.input {
-        Some(path) => (
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
-            path.clone(),
-        ),
+    // The run is checked before the input is read: standard input may be slow or endless.
+    let kind = run_task(&args.run);
+    if kind == TaskKind::LanguageModel {
+        if !args.run.join(CONFIG_FILE).is_file() {
+            return Err(TrainError::NoRun(args.run.clone()).into());
+        }
+        return Err(usage(format!(
+            "{} is a language model: use `ember sample` or `ember eval`",
+            args.run.display()
+        )));
+    }
+    let (bytes, origin) = match &args.input {
+        Some(path) => match ember_data::read_text_file(path, u64::MAX) {
+            Err(DataError::Empty { .. }) => (Vec::new(), path.clone()),
+            bytes => (bytes?, path.clone()),
+        },
         None => {
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
                 .context("reading standard input")?;
-            (text, PathBuf::from("<stdin>"))
+            (bytes, PathBuf::from("<stdin>"))
         }
     };
-    let answers = match run_task(&args.run) {
-        TaskKind::Classify => TaskRun::<SequenceClassifier>::open(&args.run, device)?
-            .answer(&text, &origin, device)?,
-        TaskKind::Tag => {
-            TaskRun::<SequenceTagger>::open(&args.run, device)?.answer(&text, &origin, device)?
-        }
-        TaskKind::Seq2seq => {
-            TaskRun::<Seq2Seq>::open(&args.run, device)?.answer(&text, &origin, device)?
-        }
-        TaskKind::LanguageModel => {
-            if !args.run.join(CONFIG_FILE).is_file() {
-                return Err(TrainError::NoRun(args.run.clone()).into());
-            }
-            return Err(usage(format!(
-                "{} is a language model: use `ember sample` or `ember eval`",
-                args.run.display()
-            )));
-        }
+    let text = String::from_utf8(bytes).map_err(|e| DataError::InvalidUtf8 {
+        path: origin.clone(),
+        offset: e.utf8_error().valid_up_to(),
+    })?;
+    fn answer<M: ember_train::SequenceTask>(
+        args: &PredictArgs,
+        text: &str,
+        origin: &Path,
+        device: &Device,
+    ) -> Result<Vec<String>> {
+        let mut run = TaskRun::<M>::open(&args.run, device)?;
+        run.max_line_chars = args.max_line_chars;
+        Ok(run.answer(text, origin, device)?)
+    }
+    let answers = match kind {
+        TaskKind::Classify => answer::<SequenceClassifier>(&args, &text, &origin, device)?,
+        TaskKind::Tag => answer::<SequenceTagger>(&args, &text, &origin, device)?,
+        TaskKind::Seq2seq => answer::<Seq2Seq>(&args, &text, &origin, device)?,
+        TaskKind::LanguageModel => unreachable!("refused above"),
     };
     let mut out = std::io::stdout().lock();
     for answer in answers {
@@ -564,12 +630,15 @@ fn inspect(args: InspectArgs, device: &Device) -> Result<()> {
         return Err(usage("--chars must be at least 1"));
     }
     expect_language_model(&args.run, "inspect")?;
+    // The run's own page may go inside it; any other path only outside every run.
+    let own_page = args.run.join("inspect.html");
+    let out = args.out.unwrap_or_else(|| own_page.clone());
+    ember_train::check_output(&out, out == own_page)?;
     let start = std::time::Instant::now();
     let run = Run::open(&args.run, device)?;
     let inspection = Inspection::new(&run, &args.text, args.chars, device)?;
     let html = inspection.to_html();
-    let out = args.out.unwrap_or_else(|| args.run.join("inspect.html"));
-    write_atomically(&out, html.as_bytes())?;
+    ember_train::write_output(&out, html.as_bytes(), out == own_page)?;
     let cut = if inspection.is_cut() {
         format!(" of {}", group_digits(inspection.total_chars))
     } else {

@@ -186,9 +186,19 @@ fn repeated_random_kills_never_lose_the_run() {
         "writes cut off by a kill are cleaned up: {leftovers:?}"
     );
 
-    // Killed before its first checkpoint: the directory holds a config and no checkpoint, and
-    // resuming starts the run again from its seed.
+    // Checkpoints lost while the metrics say the run went on: resuming refuses to start over
+    // (and to cut the metrics).
     std::fs::remove_dir_all(killed.join("checkpoints")).unwrap();
+    let metrics = std::fs::read(killed.join("metrics.jsonl")).unwrap();
+    let stderr = run_err(&mut resume(&killed, &[]));
+    assert!(stderr.contains("no checkpoint"), "{stderr}");
+    assert_eq!(
+        std::fs::read(killed.join("metrics.jsonl")).unwrap(),
+        metrics
+    );
+    // Killed before its first checkpoint: the directory holds a config and neither a checkpoint
+    // nor metrics past it, and resuming starts the run again from its seed.
+    std::fs::remove_file(killed.join("metrics.jsonl")).unwrap();
     run_ok(&mut resume(&killed, &[]));
     assert_eq!(losses(&killed), losses(&straight));
 }

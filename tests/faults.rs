@@ -68,13 +68,27 @@ fn is_root() -> bool {
 /// when this is root (root reads any file whatever its mode). The binary and the config are
 /// copied into `scratch` first, since the repository may lie where that user cannot reach.
 fn unprivileged_train(scratch: &Path, run_dir: &Path, overrides: &[&str]) -> Command {
-    let binary = scratch.join("ember");
-    std::fs::copy(env!("CARGO_BIN_EXE_ember"), &binary).unwrap();
     let config = scratch.join("smoke.toml");
     std::fs::copy(repo("configs/smoke.toml"), &config).unwrap();
-    for path in [&binary, &config] {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut command = unprivileged_ember(scratch);
+    command
+        .args(["train", "--config"])
+        .arg(&config)
+        .arg("--run-dir")
+        .arg(run_dir);
+    for set in overrides {
+        command.args(["--set", set]);
     }
+    command
+}
+
+/// The `ember` binary, copied into `scratch`, run there as an unprivileged user when this is
+/// root.
+fn unprivileged_ember(scratch: &Path) -> Command {
+    let binary = scratch.join("ember");
+    std::fs::copy(env!("CARGO_BIN_EXE_ember"), &binary).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut command = if is_root() {
         let mut wrapped = Command::new("setpriv");
         wrapped.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
@@ -84,14 +98,6 @@ fn unprivileged_train(scratch: &Path, run_dir: &Path, overrides: &[&str]) -> Com
         Command::new(&binary)
     };
     command.current_dir(scratch).env("RUST_LOG", "warn");
-    command
-        .args(["train", "--config"])
-        .arg(&config)
-        .arg("--run-dir")
-        .arg(run_dir);
-    for set in overrides {
-        command.args(["--set", set]);
-    }
     command
 }
 
@@ -219,7 +225,7 @@ fn bad_corpora_and_configs_are_named_and_leave_nothing_behind() {
     new_run_fails(
         "missing config file",
         &mut train_with(&root.join("nowhere.toml"), &run_dir, &[]),
-        FILE_SYSTEM,
+        USAGE,
         &["nowhere.toml"],
     );
 
@@ -733,5 +739,491 @@ fn divergence_stops_at_the_last_good_checkpoint_or_rolls_back() {
         ),
         DIVERGED,
         &["rollback 2 of 2", "at step 2"],
+    );
+}
+
+/// Issue 18, defect 2: a damaged newest checkpoint was never replaced (the resumed run found
+/// its step's directory and did not save). Now the resumed run saves over it, and every later
+/// command loads it without a warning.
+#[test]
+fn a_damaged_newest_checkpoint_is_saved_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    run_ok(&mut train(&run_dir, &["train.steps=20"]));
+    damage(&run_dir.join("checkpoints/step-00000020/model.bpk"), false);
+    let output = run_ok(resume(&run_dir, &["train.steps=20"]).env("RUST_LOG", "warn"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("replacing a damaged checkpoint"),
+        "{stderr}"
+    );
+    assert_eq!(checkpoint_steps(&run_dir), [10, 20]);
+    let output = run_ok(
+        ember()
+            .args(["sample", "--length", "20", "--run"])
+            .arg(&run_dir)
+            .env("RUST_LOG", "warn"),
+    );
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(run_dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// Issue 18, defects 3 and 7: a resume that changes what the checkpoints mean, or that cannot
+/// list them, is refused before anything is written: no restart from step 0, no metrics cut.
+#[test]
+fn a_resume_that_changes_meaning_or_cannot_list_checkpoints_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    run_ok(&mut train(&run_dir, &["train.steps=20"]));
+    let before = snapshot(&run_dir);
+    for (set, names) in [
+        ("task.kind=\"classify\"", &["task.kind", "classify"][..]),
+        ("model.cell=\"gru\"", &["model.cell"]),
+        ("data.seq_len=8", &["data.seq_len"]),
+    ] {
+        fails(set, &mut resume(&run_dir, &[set]), USAGE, names);
+        assert!(snapshot(&run_dir) == before, "{set} changed the run");
+    }
+    run_ok(
+        ember()
+            .args(["sample", "--length", "5", "--run"])
+            .arg(&run_dir),
+    );
+
+    // `checkpoints` replaced by a file: an error naming it, the metrics untouched; then
+    // `checkpoints` gone while the metrics reach step 20: refused, not started over.
+    let copy = dir.path().join("file");
+    copy_dir(&run_dir, &copy);
+    std::fs::remove_dir_all(copy.join("checkpoints")).unwrap();
+    std::fs::write(copy.join("checkpoints"), "not a directory").unwrap();
+    for (what, status, names) in [
+        (
+            "checkpoints is a file",
+            FILE_SYSTEM,
+            ["checkpoints", "Not a directory"],
+        ),
+        ("checkpoints lost", RUN, ["no checkpoint", "step 20"]),
+    ] {
+        let before = snapshot(&copy);
+        fails(what, &mut resume(&copy, &[]), status, &names);
+        assert!(snapshot(&copy) == before, "{what} changed the run");
+        let _ = std::fs::remove_file(copy.join("checkpoints"));
+    }
+
+    // Unreadable `checkpoints` (as an unprivileged user: root reads anything).
+    let scratch = tempfile::tempdir().unwrap();
+    let locked = scratch.path().join("run");
+    copy_dir(&run_dir, &locked);
+    for entry in [scratch.path(), locked.as_path()] {
+        std::fs::set_permissions(entry, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let chown = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&locked)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    std::fs::set_permissions(
+        locked.join("checkpoints"),
+        std::fs::Permissions::from_mode(0o000),
+    )
+    .unwrap();
+    let corpus = scratch.path().join("corpus.txt");
+    std::fs::copy(repo("data/tinyshakespeare.txt"), &corpus).unwrap();
+    let before = snapshot(&locked);
+    fails(
+        "unreadable checkpoints",
+        unprivileged_ember(scratch.path())
+            .args(["train", "--resume"])
+            .arg(&locked)
+            .arg("--set")
+            .arg(format!("data.path={:?}", corpus.display().to_string())),
+        FILE_SYSTEM,
+        &["checkpoints", "ermission denied"],
+    );
+    std::fs::set_permissions(
+        locked.join("checkpoints"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    assert!(snapshot(&locked) == before);
+}
+
+/// Issue 18, defect 6: `export-torch --out` replaced whatever was at the path. Only an absent
+/// path or a regular file outside every run is written; a symlink, FIFO, device, directory or
+/// a run's own file is refused by name and left as it was.
+#[test]
+fn outputs_are_only_regular_files_outside_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    run_ok(&mut train(&run_dir, &["train.steps=10"]));
+    let export = |out: &Path| {
+        let mut command = on_run("export-torch", &run_dir);
+        command.arg("--out").arg(out);
+        command
+    };
+    let target = dir.path().join("target.txt");
+    std::fs::write(&target, "keep me").unwrap();
+    let link = dir.path().join("link.safetensors");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let before = snapshot(&run_dir);
+    for (what, out, names) in [
+        (
+            "a symlink",
+            link.clone(),
+            &["link.safetensors", "symbolic link"][..],
+        ),
+        ("a FIFO", fifo.clone(), &["fifo", "not a regular file"]),
+        (
+            "a device",
+            PathBuf::from("/dev/null"),
+            &["/dev/null", "not a regular file"],
+        ),
+        (
+            "a directory",
+            dir.path().to_path_buf(),
+            &["not a regular file"],
+        ),
+        (
+            "the run's config",
+            run_dir.join("config.toml"),
+            &["config.toml", "inside the run"],
+        ),
+        (
+            "a new file in a checkpoint",
+            run_dir.join("checkpoints/step-00000010/x.safetensors"),
+            &["inside the run"],
+        ),
+    ] {
+        fails(what, &mut export(&out), USAGE, names);
+    }
+    assert!(snapshot(&run_dir) == before);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(!dir.path().join("x.safetensors").exists());
+    // A regular file is replaced whole.
+    run_ok(&mut export(&target));
+    assert!(std::fs::read(&target).unwrap().len() > 1000);
+
+    // `plot` writes the run's own loss.svg, but not through a symlink.
+    std::fs::remove_file(&link).unwrap();
+    std::fs::write(&link, "keep me too").unwrap();
+    std::os::unix::fs::symlink(&link, run_dir.join("loss.svg")).unwrap();
+    fails(
+        "plot through a symlink",
+        ember().args(["plot", "--run"]).arg(&run_dir),
+        USAGE,
+        &["loss.svg", "symbolic link"],
+    );
+    assert_eq!(std::fs::read_to_string(&link).unwrap(), "keep me too");
+}
+
+/// Issue 18's smaller defects of commands and statuses, each named with its case.
+#[test]
+fn statuses_pipes_and_messages_of_issue_18() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let run_dir = root.join("run");
+    run_ok(&mut train(&run_dir, &["train.steps=10"]));
+
+    // Exit statuses off the table: each is now the status of its kind.
+    fails(
+        "bench --filter that matches nothing",
+        ember().args(["bench", "--filter", "nomatch"]),
+        USAGE,
+        &["nomatch"],
+    );
+    fails(
+        "unknown --device",
+        ember()
+            .args(["--device", "abacus", "sample", "--run"])
+            .arg(&run_dir),
+        USAGE,
+        &["abacus"],
+    );
+    let seq2seq = root.join("seq2seq");
+    run_ok(&mut train_with(
+        &repo("configs/sort-letters.toml"),
+        &seq2seq,
+        &["train.steps=2"],
+    ));
+    let predict = |input: &Path| {
+        let mut command = on_run("predict", &seq2seq);
+        command.arg("--input").arg(input);
+        command
+    };
+    let latin1 = root.join("latin1.txt");
+    std::fs::write(&latin1, b"abc\xe9\n").unwrap();
+    fails(
+        "non-UTF-8 predict input",
+        &mut predict(&latin1),
+        DATA,
+        &["latin1.txt", "UTF-8"],
+    );
+    // Defect 8: a long line grew memory by 2 KB per character; past the bound it is refused
+    // before the model reads it.
+    let long = root.join("long.txt");
+    std::fs::write(&long, format!("ab\n{}\n", "a".repeat(100_001))).unwrap();
+    fails(
+        "a line longer than --max-line-chars",
+        &mut predict(&long),
+        DATA,
+        &["long.txt:2", "100001 characters", "--max-line-chars"],
+    );
+
+    // `sample | head`: the text streams, and a closed pipe ends it quietly with status 0.
+    let mut child = on_run("sample", &run_dir)
+        .args(["--length", "100000000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 100];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut head).unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // `eval` on a terminal (made by script(1)) shows its progress.
+    let script = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} eval --run {} --text {}",
+            env!("CARGO_BIN_EXE_ember"),
+            run_dir.display(),
+            repo("data/tinyshakespeare.txt").display()
+        ))
+        .arg("/dev/null")
+        .env("RUST_LOG", "warn")
+        .output();
+    match script {
+        Ok(output) if output.status.success() => {
+            let terminal = String::from_utf8_lossy(&output.stdout);
+            assert!(terminal.contains("characters"), "{terminal}");
+        }
+        _ => eprintln!("SKIPPED: no script(1) to give eval a terminal"),
+    }
+
+    // A FIFO as `--text`, and standard input through /dev/stdin: read, not "empty".
+    let text = "First Citizen:\nBefore we proceed any further, hear me speak.\n";
+    let fifo = root.join("text.fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(fifo, text).unwrap())
+    };
+    let eval = |text: &Path| {
+        let mut command = on_run("eval", &run_dir);
+        command.arg("--text").arg(text);
+        command
+    };
+    let from_fifo = run_ok(&mut eval(&fifo));
+    writer.join().unwrap();
+    let file = root.join("text.txt");
+    std::fs::write(&file, text).unwrap();
+    let from_file = run_ok(&mut eval(&file));
+    assert_eq!(from_fifo.stdout, from_file.stdout);
+    let mut child = eval(Path::new("/dev/stdin"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    let from_stdin = child.wait_with_output().unwrap();
+    assert_eq!(from_stdin.stdout, from_file.stdout);
+    fails(
+        "a device as corpus",
+        &mut train(&root.join("zero"), &["data.path=\"/dev/zero\""]),
+        DATA,
+        &["/dev/zero", "not a regular file"],
+    );
+
+    // Out-of-vocabulary text names the file, line and column.
+    let greek = root.join("greek.txt");
+    std::fs::write(&greek, "ab\ncαβ").unwrap();
+    fails(
+        "eval text outside the vocabulary",
+        &mut eval(&greek),
+        DATA,
+        &["greek.txt:2:2", "'α'"],
+    );
+
+    // `sample` without --prime on a vocabulary without a newline.
+    let digits_text = root.join("digits.txt");
+    std::fs::write(&digits_text, "0123456789 ".repeat(2000)).unwrap();
+    let digits = root.join("digits");
+    run_ok(&mut train(
+        &digits,
+        &[
+            "train.steps=2",
+            &format!("data.path={:?}", digits_text.display().to_string()),
+        ],
+    ));
+    let output = run_ok(
+        ember()
+            .args(["sample", "--length", "10", "--run"])
+            .arg(&digits),
+    );
+    let sampled = String::from_utf8_lossy(&output.stdout);
+    // The vocabulary's first character as the prime, ten drawn, and the final newline.
+    assert_eq!(
+        sampled.strip_suffix('\n').unwrap().chars().count(),
+        11,
+        "{sampled:?}"
+    );
+
+    // A checkpoint stripped of its checksums is reported as unverified.
+    let stripped = root.join("stripped");
+    copy_dir(&run_dir, &stripped);
+    std::fs::remove_file(stripped.join("checkpoints/step-00000010/checksums.json")).unwrap();
+    let output = run_ok(
+        ember()
+            .args(["sample", "--length", "5", "--run"])
+            .arg(&stripped)
+            .env("RUST_LOG", "warn"),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unverified") && stderr.contains("step-00000010"),
+        "{stderr}"
+    );
+
+    // An exploding loss is divergence (char-rnn's rule: past three times its first value).
+    fails(
+        "exploding loss",
+        &mut train(
+            &root.join("explode"),
+            &["optimizer.lr=1e30", "optimizer.grad_clip_norm=0"],
+        ),
+        DIVERGED,
+        &["three times its first value"],
+    );
+
+    // A beam too wide to be useful or affordable.
+    fails(
+        "beam_width=1000000",
+        &mut train_with(
+            &repo("configs/sort-letters.toml"),
+            &root.join("beam"),
+            &["task.beam_width=1000000"],
+        ),
+        USAGE,
+        &["task.beam_width", "at most"],
+    );
+}
+
+/// Issue 18: `import-torch` that fails leaves no `--out`, names `--out` when it holds a run,
+/// and reads a safetensors file whatever its name; a run resumes from another directory.
+#[test]
+fn imports_fail_cleanly_and_runs_resume_from_anywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let run_dir = root.join("run");
+    run_ok(&mut train(&run_dir, &["train.steps=10"]));
+    let exported = root.join("model.safetensors");
+    run_ok(
+        ember()
+            .args(["export-torch", "--run"])
+            .arg(&run_dir)
+            .arg("--out")
+            .arg(&exported),
+    );
+    let import = |state_dict: &Path, out: &Path| {
+        let mut command = ember();
+        command
+            .args(["import-torch", "--cell", "lstm", "--state-dict"])
+            .arg(state_dict)
+            .arg("--vocab-from")
+            .arg(repo("data/tinyshakespeare.txt"))
+            .arg("--out")
+            .arg(out);
+        command
+    };
+    // Named without its extension, the file is still read as safetensors.
+    let unnamed = root.join("weights.bin");
+    std::fs::copy(&exported, &unnamed).unwrap();
+    let imported = root.join("imported");
+    run_ok(&mut import(&unnamed, &imported));
+    fails(
+        "import over a run",
+        &mut import(&unnamed, &imported),
+        RUN,
+        &["already holds a run", "--out"],
+    );
+
+    // NaN weights: refused, and no --out left behind.
+    let mut bytes = std::fs::read(&exported).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let first_value = 8 + header_len;
+    bytes[first_value..first_value + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let poisoned = root.join("nan.safetensors");
+    std::fs::write(&poisoned, bytes).unwrap();
+    let out = root.join("nan-run");
+    fails("NaN weights", &mut import(&poisoned, &out), DATA, &["NaN"]);
+    assert!(!out.exists(), "a failed import left {}", out.display());
+
+    // Resumed from another working directory: data.path was recorded absolute.
+    let elsewhere = tempfile::tempdir().unwrap();
+    run_ok(resume(&run_dir, &["train.steps=12"]).current_dir(elsewhere.path()));
+    // A run recorded with a relative data.path (before paths were made absolute): the error
+    // says what the path is relative to.
+    let config_path = run_dir.join("config.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    let absolute = repo("data/tinyshakespeare.txt").display().to_string();
+    assert!(config.contains(&absolute), "{config}");
+    std::fs::write(
+        &config_path,
+        config.replace(&absolute, "data/tinyshakespeare.txt"),
+    )
+    .unwrap();
+    fails(
+        "relative data.path from elsewhere",
+        resume(&run_dir, &["train.steps=14"]).current_dir(elsewhere.path()),
+        USAGE,
+        &[
+            "data.path",
+            "relative to the directory the run was started in",
+        ],
+    );
+    run_ok(
+        resume(
+            &run_dir,
+            &["train.steps=14", &format!("data.path={absolute:?}")],
+        )
+        .current_dir(elsewhere.path()),
     );
 }

@@ -114,3 +114,10 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `ember <command> --run run_dir`, for more arguments to follow.
+pub fn on_run(command: &str, run_dir: &Path) -> Command {
+    let mut command_line = ember();
+    command_line.args([command, "--run"]).arg(run_dir);
+    command_line
+}

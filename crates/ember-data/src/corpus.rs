@@ -11,8 +11,8 @@ pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 
 /// A text read as character ids, with its vocabulary.
 ///
-/// Ids are `u16`, two bytes per character: a 100 MB corpus takes about 200 MB, and the text itself
-/// is only mapped, never copied into a `String` or a `Vec<char>`.
+/// Ids are `u16`, two bytes per character: a 100 MB corpus takes about 200 MB, and its bytes,
+/// read once to encode them, are dropped after.
 #[derive(Debug, Clone)]
 pub struct Corpus {
     /// Where the text came from.
@@ -36,31 +36,11 @@ impl Corpus {
     }
 
     /// Reads `path`, refusing files over `max_bytes`; builds the vocabulary unless one is given.
+    /// A regular file is read whole into memory (never mapped: a file that another process
+    /// shrinks meanwhile would fault); a pipe or FIFO is read to its end. Anything else (a
+    /// directory, a device, a socket) is refused by name.
     pub fn load_with(path: &Path, vocab: Option<Vocab>, max_bytes: u64) -> Result<Self, DataError> {
-        let io = |source| DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(io)?;
-        let metadata = file.metadata().map_err(io)?;
-        if metadata.is_dir() {
-            return Err(io(std::io::Error::other("is a directory, not a text file")));
-        }
-        if metadata.len() > max_bytes {
-            return Err(DataError::TooLarge {
-                path: path.to_path_buf(),
-                bytes: metadata.len(),
-                limit: max_bytes,
-            });
-        }
-        if metadata.len() == 0 {
-            return Err(DataError::Empty {
-                path: path.to_path_buf(),
-            });
-        }
-        // SAFETY: the map is read-only and dropped before this function returns; a file truncated
-        // by another process meanwhile could fault, which is the documented risk of mapping.
-        let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let bytes = read_text_file(path, max_bytes)?;
         let text = std::str::from_utf8(&bytes).map_err(|e| DataError::InvalidUtf8 {
             path: path.to_path_buf(),
             offset: e.valid_up_to(),
@@ -69,7 +49,7 @@ impl Corpus {
             Some(vocab) => vocab,
             None => Vocab::from_text(text)?,
         };
-        let ids = vocab.encode(text)?;
+        let ids = vocab.encode(text).map_err(|e| e.in_file(path, text))?;
         log::info!(
             "{}: {} characters, vocabulary of {}",
             path.display(),
@@ -92,6 +72,54 @@ impl Corpus {
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
+}
+
+/// The bytes of `path`, a regular file, pipe or FIFO of at most `max_bytes` bytes that are not
+/// all missing.
+pub fn read_text_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, DataError> {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    let io = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let metadata = file.metadata().map_err(io)?;
+    let kind = metadata.file_type();
+    if kind.is_dir() {
+        return Err(io(std::io::Error::other("is a directory, not a text file")));
+    }
+    if !(kind.is_file() || kind.is_fifo()) {
+        return Err(io(std::io::Error::other(
+            "is not a regular file or a pipe (a device or a socket): give a text file",
+        )));
+    }
+    let too_large = |bytes| DataError::TooLarge {
+        path: path.to_path_buf(),
+        bytes,
+        limit: max_bytes,
+    };
+    if kind.is_file() && metadata.len() > max_bytes {
+        return Err(too_large(metadata.len()));
+    }
+    let mut bytes = Vec::with_capacity(if kind.is_file() {
+        metadata.len() as usize
+    } else {
+        0
+    });
+    // One byte over the limit tells a pipe (or a file grown meanwhile) that is too long.
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_large(bytes.len() as u64));
+    }
+    if bytes.is_empty() {
+        return Err(DataError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(bytes)
 }
 
 /// Contiguous train, validation and test ranges of a corpus, in that order, as char-rnn and
@@ -185,14 +213,16 @@ mod tests {
         assert!(
             matches!(
                 err,
-                DataError::UnknownChar {
+                DataError::UnknownCharInFile {
                     ch: 'é',
-                    position: 3,
+                    line: 1,
+                    column: 4,
                     ..
                 }
             ),
             "{err}"
         );
+        assert!(err.to_string().contains(&*file.path().to_string_lossy()));
     }
 
     /// The fixture's split: `n_train = int(0.9 * 1115394) = 1003854`, validation the remaining

@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Why a corpus, vocabulary or batch could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,23 @@ pub enum DataError {
         code: u32,
         /// Its position, counted in characters from the start of the text.
         position: usize,
+    },
+    /// A character of a file is not in the vocabulary.
+    #[error(
+        "{}:{line}:{column}: character {ch:?} (U+{code:04X}) is not in the run's vocabulary",
+        path.display()
+    )]
+    UnknownCharInFile {
+        /// The file.
+        path: PathBuf,
+        /// The character.
+        ch: char,
+        /// Its code point.
+        code: u32,
+        /// Its 1-based line.
+        line: usize,
+        /// Its 1-based column, in characters.
+        column: usize,
     },
     /// An id is outside the vocabulary.
     #[error("id {id} is outside the vocabulary of {vocab_size} characters")]
@@ -102,4 +119,26 @@ pub enum DataError {
         /// What is wrong with it.
         message: String,
     },
+}
+
+impl DataError {
+    /// This error with the file it arose in, where it has none yet: an unknown character of
+    /// `text` (read from `path`) gets its line and column.
+    pub fn in_file(self, path: &Path, text: &str) -> Self {
+        match self {
+            DataError::UnknownChar { ch, code, position } => {
+                let before: String = text.chars().take(position).collect();
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                DataError::UnknownCharInFile {
+                    path: path.to_path_buf(),
+                    ch,
+                    code,
+                    line,
+                    column,
+                }
+            }
+            other => other,
+        }
+    }
 }

@@ -21,7 +21,7 @@ mod sequences;
 mod vocab;
 
 pub use batcher::{Chunk, Cursor, StreamBatcher};
-pub use corpus::{Corpus, DEFAULT_MAX_BYTES, Splits};
+pub use corpus::{Corpus, DEFAULT_MAX_BYTES, Splits, read_text_file};
 pub use error::DataError;
 pub use sequences::{
     LabelSet, LabelledText, PaddedBatch, TextPair, TokenVocab, load_labelled, load_pairs,

@@ -64,10 +64,7 @@ pub fn load_pairs(path: &Path) -> Result<Vec<TextPair>, DataError> {
 }
 
 fn read_utf8(path: &Path) -> Result<String, DataError> {
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = crate::read_text_file(path, crate::DEFAULT_MAX_BYTES)?;
     String::from_utf8(bytes).map_err(|error| DataError::InvalidUtf8 {
         path: path.to_path_buf(),
         offset: error.utf8_error().valid_up_to(),

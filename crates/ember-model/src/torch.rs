@@ -77,13 +77,28 @@ pub struct StateDict {
 
 impl StateDict {
     /// Reads a `.safetensors` file or a `torch.save` pickle (`.pt`, `.pth`, `.bin`).
+    /// The format is told from the first bytes, whatever the file's name.
     pub fn read(path: &Path) -> Result<Self, TorchError> {
-        let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
-        if is_safetensors {
+        if Self::looks_like_safetensors(path)? {
             Self::read_safetensors(path)
         } else {
             Self::read_pickle(path)
         }
+    }
+
+    /// Whether `path` starts as a safetensors file does: the length of its JSON header as eight
+    /// little-endian bytes, then the header's `{`. `torch.save` writes a zip archive (`PK`) or
+    /// a pickle (`0x80`) instead.
+    fn looks_like_safetensors(path: &Path) -> Result<bool, TorchError> {
+        use std::io::Read;
+        let mut head = Vec::with_capacity(9);
+        std::fs::File::open(path)
+            .and_then(|file| file.take(9).read_to_end(&mut head))
+            .map_err(|source| TorchError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(head.get(8) == Some(&b'{'))
     }
 
     fn read_safetensors(path: &Path) -> Result<Self, TorchError> {
@@ -91,8 +106,13 @@ impl StateDict {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::from_safetensors_bytes(&bytes, path)
+    }
+
+    /// Decodes the bytes of a `.safetensors` file; `path` names them in errors.
+    pub fn from_safetensors_bytes(bytes: &[u8], path: &Path) -> Result<Self, TorchError> {
         let file =
-            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| TorchError::Format {
+            safetensors::SafeTensors::deserialize(bytes).map_err(|e| TorchError::Format {
                 path: path.to_path_buf(),
                 message: format!("not a valid safetensors file: {e}"),
             })?;
@@ -154,6 +174,15 @@ impl StateDict {
 
     /// Writes the tensors as a `.safetensors` file, `f32`, keys as they are.
     pub fn write_safetensors(&self, path: &Path) -> Result<(), TorchError> {
+        let bytes = self.to_safetensors_bytes(path)?;
+        std::fs::write(path, bytes).map_err(|source| TorchError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// The bytes of this state dict as a `.safetensors` file; `path` names it in errors.
+    pub fn to_safetensors_bytes(&self, path: &Path) -> Result<Vec<u8>, TorchError> {
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = self
             .tensors
             .iter()
@@ -167,13 +196,9 @@ impl StateDict {
                 (key.clone(), view)
             })
             .collect();
-        let bytes = safetensors::serialize(views, None).map_err(|e| TorchError::Format {
+        safetensors::serialize(views, None).map_err(|e| TorchError::Format {
             path: path.to_path_buf(),
             message: format!("serializing: {e}"),
-        })?;
-        std::fs::write(path, bytes).map_err(|source| TorchError::Io {
-            path: path.to_path_buf(),
-            source,
         })
     }
 

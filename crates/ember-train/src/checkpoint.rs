@@ -1,5 +1,7 @@
 //! Checkpoints: written whole into a temporary directory, then renamed into place, so a crash
-//! during a save never leaves a broken checkpoint under a checkpoint's name.
+//! during a save never leaves a broken checkpoint under a checkpoint's name. Readers take every
+//! file of a checkpoint into memory before decoding any of it, so a trainer pruning that
+//! checkpoint meanwhile costs them a retry with a newer one, never a half-read model.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -9,7 +11,7 @@ use std::path::{Path, PathBuf};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::ModuleOptimizer;
 use burn::store::ModuleRecord;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Bytes, Device, Tensor, TensorData};
 use ember_data::Cursor;
 use ember_model::torch::{HostTensor, StateDict};
 use ember_model::{CharLm, LayerState, RecurrentState};
@@ -35,6 +37,23 @@ pub struct Progress {
     pub best: Option<(u64, f64)>,
     /// Training characters consumed, for throughput figures.
     pub chars_seen: u64,
+    /// The loss of the run's first step: a language model whose loss passes three times this
+    /// has diverged (char-rnn's rule). Absent from checkpoints written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_loss: Option<f64>,
+}
+
+impl<M> Checkpoint<M> {
+    /// Where a new run starts: `model` as drawn from the run's seed and an optimizer without
+    /// state.
+    pub fn fresh(model: M, optimizer: ModuleOptimizer) -> Self {
+        Checkpoint {
+            model,
+            optimizer,
+            carried: None,
+            progress: Progress::start(),
+        }
+    }
 }
 
 impl Progress {
@@ -45,6 +64,7 @@ impl Progress {
             cursor: Cursor::default(),
             best: None,
             chars_seen: 0,
+            first_loss: None,
         }
     }
 }
@@ -75,21 +95,33 @@ impl CheckpointDir {
         }
     }
 
-    fn step_dir(&self, step: u64) -> PathBuf {
+    /// The directory of the checkpoint of `step`.
+    pub(crate) fn step_dir(&self, step: u64) -> PathBuf {
         self.root.join(format!("step-{step:08}"))
     }
 
-    /// The steps of the complete checkpoints, oldest first.
-    pub fn steps(&self) -> Vec<u64> {
-        let Ok(entries) = fs::read_dir(&self.root) else {
-            return Vec::new();
+    /// The steps of the complete checkpoints, oldest first; none when the run has no
+    /// `checkpoints` directory yet. A directory that cannot be listed is an error, never taken
+    /// for an empty one (a resume would then start the run over).
+    pub fn steps(&self) -> Result<Vec<u64>, TrainError> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_error(&self.root)(e)),
         };
-        let mut steps: Vec<u64> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
-            .collect();
+        let mut steps = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_error(&self.root))?;
+            if let Some(step) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.strip_prefix("step-")?.parse().ok())
+            {
+                steps.push(step);
+            }
+        }
         steps.sort_unstable();
-        steps
+        Ok(steps)
     }
 
     /// Writes a checkpoint atomically and returns its directory.
@@ -107,24 +139,40 @@ impl CheckpointDir {
                 step: progress.step,
                 quantity: "sum of absolute weights",
                 value: weight_sum,
+                limit: None,
             });
         }
         fs::create_dir_all(&self.root).map_err(io_error(&self.root))?;
         let final_dir = self.step_dir(progress.step);
-        if final_dir.is_dir() {
-            // A step's state follows from the previous one, so the checkpoint on disk already
-            // holds it (a stop right after a scheduled save); rewriting it would only open a
-            // window in which that step has no checkpoint.
-            return Ok(final_dir);
-        }
+        let damaged = match fs::symlink_metadata(&final_dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            _ => match StepFiles::read(&final_dir) {
+                // A step's state follows from the previous one, so an intact checkpoint of it
+                // already holds it (a stop right after a scheduled save); rewriting it would
+                // only open a window in which that step has no checkpoint.
+                Ok(_) => return Ok(final_dir),
+                Err(e) => Some(e),
+            },
+        };
         let partial = self
             .root
             .join(format!(".partial-step-{:08}", progress.step));
-        if partial.exists() {
-            fs::remove_dir_all(&partial).map_err(io_error(&partial))?;
-        }
+        remove_any(&partial)?;
         fs::create_dir(&partial).map_err(io_error(&partial))?;
         let written = Self::write_checkpoint(&partial, model, optimizer, carried, progress)
+            .and_then(|()| match damaged {
+                Some(error) => {
+                    // Moved aside rather than deleted first, so that a crash between the two
+                    // renames leaves the damaged copy, not nothing, for a human to look at.
+                    log::warn!("replacing a damaged checkpoint: {error}");
+                    let aside = self
+                        .root
+                        .join(format!(".damaged-step-{:08}", progress.step));
+                    remove_any(&aside)?;
+                    fs::rename(&final_dir, &aside).map_err(io_error(&final_dir))
+                }
+                None => Ok(()),
+            })
             .and_then(|()| fs::rename(&partial, &final_dir).map_err(io_error(&final_dir)))
             .and_then(|()| sync_dir(&self.root));
         if let Err(error) = written {
@@ -164,8 +212,8 @@ impl CheckpointDir {
         write_synced(&optimizer_path, &optimizer_bytes)?;
         if let Some(carried) = carried {
             let carried_path = partial.join(CARRIED_FILE);
-            carried_state_dict(carried).write_safetensors(&carried_path)?;
-            sync_file(&carried_path)?;
+            let bytes = carried_state_dict(carried).to_safetensors_bytes(&carried_path)?;
+            write_synced(&carried_path, &bytes)?;
         }
         let progress_path = partial.join(PROGRESS_FILE);
         let json = serde_json::to_string_pretty(progress).expect("progress serializes");
@@ -186,40 +234,6 @@ impl CheckpointDir {
         sync_dir(partial)
     }
 
-    /// Checks the files of the checkpoint of `step` against their recorded checksums.
-    pub(crate) fn verify_step(&self, step: u64) -> Result<(), TrainError> {
-        Self::verify(&self.step_dir(step))
-    }
-
-    /// Checks every file of the checkpoint in `dir` against its recorded checksum. A checkpoint
-    /// written before checksums were recorded passes unchecked.
-    fn verify(dir: &Path) -> Result<(), TrainError> {
-        let checksums_path = dir.join(CHECKSUMS_FILE);
-        let json = match fs::read_to_string(&checksums_path) {
-            Ok(json) => json,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_error(&checksums_path)(e)),
-        };
-        let damaged = |path: &Path, message: String| TrainError::Checkpoint {
-            path: path.to_path_buf(),
-            message,
-        };
-        let checksums: BTreeMap<String, u32> =
-            serde_json::from_str(&json).map_err(|e| damaged(&checksums_path, e.to_string()))?;
-        for (file, expected) in checksums {
-            let path = dir.join(&file);
-            let bytes = fs::read(&path).map_err(io_error(&path))?;
-            if crc32fast::hash(&bytes) != expected {
-                return Err(damaged(
-                    &path,
-                    "damaged: its checksum differs from the one recorded when it was written"
-                        .into(),
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// Writes a checkpoint atomically, then keeps only the newest `keep` and the step
     /// `progress.best` names; returns the new checkpoint's directory.
     pub fn save_and_prune<M: Module>(
@@ -235,32 +249,6 @@ impl CheckpointDir {
         Ok(dir)
     }
 
-    /// Where a run resumes: its newest intact checkpoint, or, for a run stopped before its
-    /// first checkpoint, step 0 with `template` and `optimizer` as they are (the caller draws
-    /// `template` from the run's seed, as the run first did). A run whose checkpoints are all
-    /// damaged is an error, never a silent restart.
-    pub fn resume_point<M: Module>(
-        &self,
-        template: M,
-        optimizer: ModuleOptimizer,
-        device: &Device,
-        carried: CarriedLoader<M>,
-    ) -> Result<Checkpoint<M>, TrainError> {
-        if self.steps().is_empty() {
-            log::warn!(
-                "{} has no checkpoint yet: starting the run from step 0",
-                self.root.display()
-            );
-            return Ok(Checkpoint {
-                model: template,
-                optimizer,
-                carried: None,
-                progress: Progress::start(),
-            });
-        }
-        self.load_latest(template, optimizer, device, carried)
-    }
-
     /// Loads the newest checkpoint that loads completely, skipping (and reporting) damaged ones;
     /// `carried` rebuilds the carried hidden state from its tensors ([`char_lm_carried`] or
     /// [`no_carried`]).
@@ -271,17 +259,47 @@ impl CheckpointDir {
         device: &Device,
         carried: CarriedLoader<M>,
     ) -> Result<Checkpoint<M>, TrainError> {
+        self.newest(|step| self.load(step, template.clone(), optimizer.clone(), device, carried))
+            .map(|(_, checkpoint)| checkpoint)
+    }
+
+    /// The step and result of `load` on the newest checkpoint it accepts. Damaged checkpoints
+    /// are skipped with a warning; one that a running trainer pruned while it was being read is
+    /// skipped quietly, and the listing is read again if every listed one went that way (the
+    /// trainer has written newer ones meanwhile).
+    pub fn newest<T>(
+        &self,
+        mut load: impl FnMut(u64) -> Result<T, TrainError>,
+    ) -> Result<(u64, T), TrainError> {
         let mut last_error = None;
-        for step in self.steps().into_iter().rev() {
-            match self.load(step, template.clone(), optimizer.clone(), device, carried) {
-                Ok(checkpoint) => return Ok(checkpoint),
-                Err(e) => {
-                    log::warn!("skipping checkpoint at step {step}: {e}");
-                    last_error = Some(e);
+        // A trainer checkpointing every step prunes faster than a slow reader reads; each
+        // round needs it to have pruned the reader's newest step, so a few rounds suffice.
+        for _round in 0..20 {
+            let mut vanished = false;
+            for step in self.steps()?.into_iter().rev() {
+                match load(step) {
+                    Ok(loaded) => return Ok((step, loaded)),
+                    Err(e) if self.vanished(step) => {
+                        log::debug!("checkpoint at step {step} was pruned while read: {e}");
+                        vanished = true;
+                    }
+                    Err(e) => {
+                        log::warn!("skipping checkpoint at step {step}: {e}");
+                        last_error = Some(e);
+                    }
                 }
+            }
+            if !vanished {
+                break;
             }
         }
         Err(last_error.unwrap_or_else(|| TrainError::NoCheckpoint(self.root.clone())))
+    }
+
+    /// Whether the checkpoint of `step` is gone (pruned by its trainer).
+    fn vanished(&self, step: u64) -> bool {
+        fs::symlink_metadata(self.step_dir(step))
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
     }
 
     /// Loads the checkpoint of `step` into `template` (a model of the run's architecture); see
@@ -312,33 +330,24 @@ impl CheckpointDir {
             path: path.to_path_buf(),
             message,
         };
-        Self::verify(dir)?;
+        let files = StepFiles::read(dir)?;
         let progress_path = dir.join(PROGRESS_FILE);
-        let json = fs::read_to_string(&progress_path).map_err(io_error(&progress_path))?;
-        let progress: Progress =
-            serde_json::from_str(&json).map_err(|e| damaged(&progress_path, e.to_string()))?;
-
-        let model_path = dir.join(MODEL_FILE);
-        let record =
-            ModuleRecord::load(&model_path).map_err(|e| damaged(&model_path, e.to_string()))?;
-        let model = template
-            .try_load_record(record)
-            .map_err(|e| TrainError::Mismatch {
-                path: model_path.clone(),
-                message: format!("does not fit this run's model: {e}"),
-            })?;
+        let progress: Progress = serde_json::from_slice(&files.progress)
+            .map_err(|e| damaged(&progress_path, e.to_string()))?;
+        let model = files.model_into(template)?;
 
         let optimizer_path = dir.join(OPTIMIZER_FILE);
         let optimizer = optimizer
-            .load(&optimizer_path)
+            .from_bytes(Bytes::from_bytes_vec(files.optimizer))
             .map_err(|e| damaged(&optimizer_path, e.to_string()))?;
 
         let carried_path = dir.join(CARRIED_FILE);
-        let carried = if carried_path.exists() {
-            let state_dict = StateDict::read(&carried_path)?;
-            carried(&state_dict, &model, device).map_err(|m| damaged(&carried_path, m))?
-        } else {
-            None
+        let carried = match files.carried {
+            Some(bytes) => {
+                let state_dict = StateDict::from_safetensors_bytes(&bytes, &carried_path)?;
+                carried(&state_dict, &model, device).map_err(|m| damaged(&carried_path, m))?
+            }
+            None => None,
         };
         Ok(Checkpoint {
             model,
@@ -350,25 +359,152 @@ impl CheckpointDir {
 
     /// Removes all but the newest `keep` checkpoints and `also_keep`.
     pub fn prune(&self, keep: usize, also_keep: Option<u64>) -> Result<(), TrainError> {
-        let steps = self.steps();
+        let steps = self.steps()?;
         let cut = steps.len().saturating_sub(keep);
         for &step in &steps[..cut] {
             if Some(step) != also_keep {
+                // Renamed away first, in one step: a reader sees the whole checkpoint or none
+                // of it, never one whose files are being deleted one by one.
                 let dir = self.step_dir(step);
-                fs::remove_dir_all(&dir).map_err(io_error(&dir))?;
+                let doomed = self.root.join(format!(".pruned-step-{step:08}"));
+                remove_any(&doomed)?;
+                fs::rename(&dir, &doomed).map_err(io_error(&dir))?;
+                fs::remove_dir_all(&doomed).map_err(io_error(&doomed))?;
             }
         }
         // Only the process holding the run's lock writes here, and its own save is complete:
-        // a partial directory left now was cut off by a crash, and no checkpoint needs it.
+        // a partial directory left now was cut off by a crash, and no checkpoint needs it; a
+        // damaged one moved aside has been replaced.
         if let Ok(entries) = fs::read_dir(&self.root) {
             for entry in entries.filter_map(|e| e.ok()) {
-                if entry.file_name().to_string_lossy().starts_with(".partial-") {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if [".partial-", ".damaged-", ".pruned-"]
+                    .iter()
+                    .any(|prefix| name.starts_with(prefix))
+                {
                     let path = entry.path();
                     fs::remove_dir_all(&path).map_err(io_error(&path))?;
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// The files of one checkpoint, read whole into memory and checked against their checksums.
+pub(crate) struct StepFiles {
+    dir: PathBuf,
+    model: Vec<u8>,
+    optimizer: Vec<u8>,
+    carried: Option<Vec<u8>>,
+    progress: Vec<u8>,
+}
+
+impl StepFiles {
+    /// Reads every file of the checkpoint in `dir`. A file that differs from the checksum
+    /// recorded when it was written is an error naming it; a checkpoint without
+    /// `checksums.json` (written before checksums were kept, or stripped of them) loads with a
+    /// warning that it is unverified.
+    pub(crate) fn read(dir: &Path) -> Result<Self, TrainError> {
+        let read = |file: &str| {
+            let path = dir.join(file);
+            fs::read(&path).map_err(io_error(&path))
+        };
+        let checksums_path = dir.join(CHECKSUMS_FILE);
+        let checksums: Option<BTreeMap<String, u32>> = match fs::read(&checksums_path) {
+            Ok(json) => {
+                Some(
+                    serde_json::from_slice(&json).map_err(|e| TrainError::Checkpoint {
+                        path: checksums_path.clone(),
+                        message: format!("damaged: {e}"),
+                    })?,
+                )
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_error(&checksums_path)(e)),
+        };
+        let files = StepFiles {
+            dir: dir.to_path_buf(),
+            model: read(MODEL_FILE)?,
+            optimizer: read(OPTIMIZER_FILE)?,
+            carried: match &checksums {
+                Some(sums) if !sums.contains_key(CARRIED_FILE) => None,
+                Some(_) => Some(read(CARRIED_FILE)?),
+                None => match read(CARRIED_FILE) {
+                    Err(TrainError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        None
+                    }
+                    other => Some(other?),
+                },
+            },
+            progress: read(PROGRESS_FILE)?,
+        };
+        match checksums {
+            Some(checksums) => files.verify(&checksums)?,
+            None => log::warn!(
+                "checkpoint {} has no {CHECKSUMS_FILE}: its files are unverified, and a damaged \
+                 one may load without an error",
+                dir.display()
+            ),
+        }
+        Ok(files)
+    }
+
+    fn verify(&self, checksums: &BTreeMap<String, u32>) -> Result<(), TrainError> {
+        for (file, &expected) in checksums {
+            let bytes = match file.as_str() {
+                MODEL_FILE => &self.model,
+                OPTIMIZER_FILE => &self.optimizer,
+                PROGRESS_FILE => &self.progress,
+                CARRIED_FILE => self.carried.as_ref().expect("read when listed"),
+                other => {
+                    return Err(TrainError::Checkpoint {
+                        path: self.dir.join(CHECKSUMS_FILE),
+                        message: format!("damaged: it lists `{other}`, which no checkpoint has"),
+                    });
+                }
+            };
+            if crc32fast::hash(bytes) != expected {
+                return Err(TrainError::Checkpoint {
+                    path: self.dir.join(file),
+                    message: "damaged: its checksum differs from the one recorded when it was \
+                              written"
+                        .into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The model weights, loaded into `template` (a model of the run's architecture).
+    pub(crate) fn model_into<M: Module>(&self, template: M) -> Result<M, TrainError> {
+        let path = self.dir.join(MODEL_FILE);
+        let record =
+            ModuleRecord::from_bytes(Bytes::from_bytes_vec(self.model.clone())).map_err(|e| {
+                TrainError::Checkpoint {
+                    path: path.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+        template
+            .try_load_record(record)
+            .map_err(|e| TrainError::Mismatch {
+                path,
+                message: format!("does not fit this run's model: {e}"),
+            })
+    }
+}
+
+/// Removes whatever is at `path`, if anything.
+fn remove_any(path: &Path) -> Result<(), TrainError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path).map_err(io_error(path)),
+        Ok(_) => fs::remove_file(path).map_err(io_error(path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error(path)(e)),
     }
 }
 
@@ -489,8 +625,15 @@ fn sum_abs_weights<M: Module>(model: &M) -> f64 {
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let temporary = path.with_file_name(format!(".{file_name}.tmp"));
-    write_synced(&temporary, bytes)?;
-    fs::rename(&temporary, path).map_err(io_error(path))?;
+    // A stale temporary (a crash) goes first; whatever it was, even a symlink, it is replaced,
+    // never written through.
+    remove_any(&temporary)?;
+    if let Err(error) = write_synced(&temporary, bytes)
+        .and_then(|()| fs::rename(&temporary, path).map_err(io_error(path)))
+    {
+        let _ = fs::remove_file(&temporary);
+        return Err(error);
+    }
     // A bare file name's parent is the empty path: the current directory.
     match path.parent() {
         Some(parent) if parent.as_os_str().is_empty() => sync_dir(Path::new(".")),
@@ -499,18 +642,15 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     }
 }
 
+/// Writes `bytes` to a new file `path` (never through an existing one), synced to disk.
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let mut file = fs::File::create(path).map_err(io_error(path))?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_error(path))?;
     file.write_all(bytes).map_err(io_error(path))?;
     file.sync_all().map_err(io_error(path))
-}
-
-fn sync_file(path: &Path) -> Result<(), TrainError> {
-    match fs::File::open(path) {
-        Ok(file) => file.sync_all().map_err(io_error(path)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_error(path)(e)),
-    }
 }
 
 fn sync_dir(path: &Path) -> Result<(), TrainError> {

@@ -39,6 +39,10 @@ pub enum TaskKind {
     Seq2seq,
 }
 
+/// The widest beam `task.beam_width` may ask for: beam search rarely gains past a few dozen,
+/// and memory grows with the width.
+pub const MAX_BEAM_WIDTH: usize = 256;
+
 /// `[task]`: what the network learns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -47,7 +51,8 @@ pub struct TaskConfig {
     pub kind: TaskKind,
     /// `tag`: per-step losses summed over each sequence (`sum`, the seed's) or averaged (`mean`).
     pub step_loss: ember_model::StepLoss,
-    /// `seq2seq`: beam width when predicting (1: greedy decoding).
+    /// `seq2seq`: beam width when predicting (1: greedy decoding; at most
+    /// [`MAX_BEAM_WIDTH`]).
     pub beam_width: usize,
     /// `seq2seq`: the longest output written when predicting.
     pub max_output_len: usize,
@@ -316,6 +321,48 @@ impl RunConfig {
         Ok(config)
     }
 
+    /// The keys of `[data]`, `[model]` and `[task]` that a resumed run may change: where the
+    /// text lies, how much of it may be read, and how a sequence run trains and decodes.
+    pub const REOPENABLE: [&'static str; 5] = [
+        "data.path",
+        "data.max_bytes",
+        "task.step_loss",
+        "task.beam_width",
+        "task.max_output_len",
+    ];
+
+    /// The keys of `[data]`, `[model]` and `[task]` (besides [`REOPENABLE`](Self::REOPENABLE))
+    /// whose value here differs from `saved`, each as `` `key` (saved -> new) ``: what a
+    /// checkpoint means depends on them, so a resumed run may change none.
+    pub fn meaning_changes(&self, saved: &RunConfig) -> Vec<String> {
+        let table = |config: &RunConfig| -> toml::Table {
+            config
+                .to_toml()
+                .parse()
+                .expect("a serialized config parses")
+        };
+        let (new, old) = (table(self), table(saved));
+        let mut changes = Vec::new();
+        for section in ["data", "model", "task"] {
+            let keys = |t: &toml::Table| t.get(section).and_then(|s| s.as_table()).cloned();
+            let (new, old) = (
+                keys(&new).unwrap_or_default(),
+                keys(&old).unwrap_or_default(),
+            );
+            for (key, value) in &new {
+                let name = format!("{section}.{key}");
+                if Self::REOPENABLE.contains(&name.as_str()) {
+                    continue;
+                }
+                if old.get(key) != Some(value) {
+                    let before = old.get(key).map_or("absent".into(), |v| v.to_string());
+                    changes.push(format!("`{name}` ({before} -> {value})"));
+                }
+            }
+        }
+        changes
+    }
+
     /// The config as TOML, every value written out: itself a valid config file.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a run config serializes to TOML")
@@ -432,6 +479,13 @@ impl RunConfig {
             );
         }
         positive("task.beam_width", self.task.beam_width)?;
+        if self.task.beam_width > MAX_BEAM_WIDTH {
+            return Err(format!(
+                "`task.beam_width` must be at most {MAX_BEAM_WIDTH}, got {} (every beam keeps \
+                 its own states and hypotheses: a million took 3.2 GB)",
+                self.task.beam_width
+            ));
+        }
         positive("task.max_output_len", self.task.max_output_len)?;
         Ok(())
     }

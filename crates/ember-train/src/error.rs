@@ -39,23 +39,47 @@ pub enum TrainError {
     /// Another process is training in the run directory.
     #[error("{0}: another `ember train` holds this run directory's lock")]
     Locked(PathBuf),
-    /// The run directory exists already and holds a run.
+    /// The directory chosen for a new run holds a run already.
     #[error(
-        "{0}: already holds a run; resume it with `ember train --resume {0}` or pick another --run-dir"
+        "{}: already holds a run; pick another {option} (or resume it: `ember train --resume {}`)",
+        dir.display(), dir.display()
     )]
-    RunExists(PathBuf),
-    /// The loss or the gradient norm became NaN or infinite.
+    RunExists {
+        /// The directory.
+        dir: PathBuf,
+        /// The command-line option that chose it.
+        option: &'static str,
+    },
+    /// The directory chosen for a new run holds something other than a run.
     #[error(
-        "the {quantity} became {value} at step {step}; the run stops at its last good checkpoint \
-         (lower optimizer.lr, set optimizer.grad_clip_norm, or set train.on_divergence = \"rollback\")"
+        "{}: not empty, and it holds no run: a new run starts only in a new or empty \
+         directory; pick another {option}",
+        dir.display()
+    )]
+    NotEmpty {
+        /// The directory.
+        dir: PathBuf,
+        /// The command-line option that chose it.
+        option: &'static str,
+    },
+    /// The loss or the gradient norm became NaN or infinite, or the loss exploded.
+    #[error(
+        "the {quantity} became {value}{} at step {step}; the run stops at its last good \
+         checkpoint (lower optimizer.lr, set optimizer.grad_clip_norm, or set \
+         train.on_divergence = \"rollback\")",
+        limit.map(|l| format!(", more than three times its first value ({l:.4} is the limit)"))
+            .unwrap_or_default()
     )]
     Diverged {
         /// The step at which it happened.
         step: u64,
-        /// What became non-finite: `loss` or `gradient norm`.
+        /// What went wrong: `loss`, `gradient norm` or `sum of absolute weights`.
         quantity: &'static str,
         /// The value.
         value: f64,
+        /// For an exploding loss, the limit it passed: three times the run's first loss
+        /// (char-rnn's rule).
+        limit: Option<f64>,
     },
     /// A checkpoint does not fit the run's model or vocabulary.
     #[error("{path}: {message}")]
@@ -68,6 +92,14 @@ pub enum TrainError {
     /// A PyTorch state dict could not be used.
     #[error(transparent)]
     Torch(#[from] ember_model::torch::TorchError),
+    /// A command's output path is not one it may write.
+    #[error("{}: {message}", path.display())]
+    Output {
+        /// The path given.
+        path: PathBuf,
+        /// Why it is refused.
+        message: String,
+    },
     /// The loss plot could not be drawn.
     #[error("plot {path}: {message}")]
     Plot {

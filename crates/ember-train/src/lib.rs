@@ -8,9 +8,11 @@ mod config;
 mod error;
 pub mod fused;
 pub mod inspect;
+mod output;
 mod plot;
 mod pytorch;
 mod run;
+mod run_dir;
 mod step;
 mod task;
 mod trainer;
@@ -21,18 +23,20 @@ pub use checkpoint::{
     write_atomically,
 };
 pub use config::{
-    DataConfig, DivergencePolicy, Kernel, ModelConfig, OptimizerConfig, OptimizerKind, RunConfig,
-    TaskConfig, TaskKind, TrainConfig,
+    DataConfig, DivergencePolicy, Kernel, MAX_BEAM_WIDTH, ModelConfig, OptimizerConfig,
+    OptimizerKind, RunConfig, TaskConfig, TaskKind, TrainConfig,
 };
 pub use error::TrainError;
 pub use inspect::Inspection;
+pub use output::{check_output, write_output};
 pub use plot::{plot_curves, plot_losses};
 pub use pytorch::{export_torch, import_torch};
 pub use run::{EvalReport, Run};
+pub use run_dir::RunLock;
 pub use step::{GradientStep, optimizer_for};
 pub use task::{
-    Example, LABELS_FILE, SequenceData, SequenceTask, Target, TaskRun, TaskTrainer, TaskVocab,
-    score,
+    Example, LABELS_FILE, MAX_LINE_CHARS, SequenceData, SequenceTask, Target, TaskRun, TaskTrainer,
+    TaskVocab, score,
 };
 pub use trainer::{
     CONFIG_FILE, METRICS_FILE, MetricsRecord, RunOutcome, Trainer, VOCAB_FILE, chunk_tensors,

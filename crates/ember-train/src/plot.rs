@@ -6,6 +6,7 @@ use plotters::prelude::*;
 
 use crate::TrainError;
 use crate::error::expect_run;
+use crate::output::{check_output, write_output};
 use crate::trainer::{METRICS_FILE, MetricsRecord};
 
 /// Reads `metrics.jsonl` of `run_dir` and draws training and validation loss against steps into
@@ -40,6 +41,7 @@ pub fn plot_losses(run_dir: &Path, out: &Path) -> Result<usize, TrainError> {
             message: "no metrics yet: train first".into(),
         });
     }
+    check_output(out, true)?;
     plot_curves(&train, &val, "loss (nats per character)", out)?;
     Ok(train.len() + val.len())
 }
@@ -65,7 +67,9 @@ pub fn plot_curves(
         (lo.min(v), hi.max(v))
     });
 
-    let root = SVGBackend::new(out, (900, 540)).into_drawing_area();
+    // Drawn in memory and written whole: an interrupted plot never leaves half an image.
+    let mut svg = String::new();
+    let root = SVGBackend::with_string(&mut svg, (900, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_error(&e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
@@ -99,5 +103,7 @@ pub fn plot_curves(
         .draw()
         .map_err(|e| plot_error(&e))?;
     root.present().map_err(|e| plot_error(&e))?;
-    Ok(())
+    drop(chart);
+    drop(root);
+    write_output(out, svg.as_bytes(), true)
 }

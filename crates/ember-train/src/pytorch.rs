@@ -5,14 +5,15 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use ember_data::Corpus;
-use ember_model::torch::StateDict;
+use ember_model::torch::{StateDict, TorchError};
 use ember_model::{CellKind, CharLm};
 
 use crate::checkpoint::{CheckpointDir, Progress, write_atomically};
 use crate::config::RunConfig;
-use crate::error::io_error;
+use crate::output::{check_output, write_output};
+use crate::run_dir::{absolute, create_run_dir};
 use crate::step::optimizer_for;
-use crate::trainer::{CONFIG_FILE, VOCAB_FILE, lock_run_dir};
+use crate::trainer::{CONFIG_FILE, VOCAB_FILE};
 use crate::{Run, TrainError};
 
 /// Makes a run directory `out` from a PyTorch state dict (`.safetensors` or `.pt`) of the
@@ -28,9 +29,6 @@ pub fn import_torch(
     out: &Path,
     device: &Device,
 ) -> Result<CharLm, TrainError> {
-    if out.join(CONFIG_FILE).exists() {
-        return Err(TrainError::RunExists(out.to_path_buf()));
-    }
     let state_dict = StateDict::read(state_dict_path)?;
     let model = CharLm::from_state_dict(&state_dict, cell, device)?;
     let corpus = Corpus::load(vocab_text)?;
@@ -57,30 +55,63 @@ pub fn import_torch(
         origin: state_dict_path.display().to_string(),
         message,
     })?;
+    if let Some(key) = state_dict
+        .tensors
+        .iter()
+        .find_map(|(key, t)| t.values.iter().any(|v| !v.is_finite()).then_some(key))
+    {
+        return Err(TrainError::Torch(TorchError::Format {
+            path: state_dict_path.to_path_buf(),
+            message: format!("`{key}` holds NaN or infinite values"),
+        }));
+    }
+    config.data.path = absolute(vocab_text)?;
 
-    std::fs::create_dir_all(out).map_err(io_error(out))?;
-    let _lock = lock_run_dir(out)?;
-    corpus.vocab.save(&out.join(VOCAB_FILE))?;
-    CheckpointDir::new(out).save(&model, &optimizer_for(&config), None, &Progress::start())?;
-    // The config goes last: a directory with a config is a run, so it must be complete.
-    write_atomically(&out.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+    let existed = out.exists();
+    let lock = create_run_dir(out, "--out")?;
+    let written = corpus
+        .vocab
+        .save(&out.join(VOCAB_FILE))
+        .map_err(TrainError::from)
+        .and_then(|()| {
+            CheckpointDir::new(out).save(&model, &optimizer_for(&config), None, &Progress::start())
+        })
+        // The config goes last: a directory with a config is a run, so it must be complete.
+        .and_then(|_| write_atomically(&out.join(CONFIG_FILE), config.to_toml().as_bytes()));
+    if let Err(error) = written {
+        // Nothing but this import wrote here (the directory was new or empty, and locked).
+        let removed = if existed {
+            std::fs::read_dir(out).and_then(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_name() != "lock")
+                    .try_for_each(|e| match e.file_type()?.is_dir() {
+                        true => std::fs::remove_dir_all(e.path()),
+                        false => std::fs::remove_file(e.path()),
+                    })
+            })
+        } else {
+            std::fs::remove_dir_all(out)
+        };
+        if let Err(e) = removed {
+            log::warn!(
+                "could not remove the partial import in {}: {e}",
+                out.display()
+            );
+        }
+        drop(lock);
+        return Err(error);
+    }
     Ok(model)
 }
 
 /// Writes the newest weights of the character-model run in `run_dir` as a PyTorch state dict of
 /// the reference layout (`.safetensors`), which `load_state_dict(strict=True)` accepts.
 pub fn export_torch(run_dir: &Path, out: &Path, device: &Device) -> Result<usize, TrainError> {
+    check_output(out, false)?;
     let run = Run::open(run_dir, device)?;
     let state_dict = run.model.to_state_dict();
-    let partial = out.with_extension("safetensors.partial");
     // A failed write (disk full, say) leaves neither a partial file nor a damaged `out`.
-    if let Err(error) = state_dict
-        .write_safetensors(&partial)
-        .map_err(TrainError::from)
-        .and_then(|()| std::fs::rename(&partial, out).map_err(io_error(out)))
-    {
-        let _ = std::fs::remove_file(&partial);
-        return Err(error);
-    }
+    write_output(out, &state_dict.to_safetensors_bytes(out)?, false)?;
     Ok(state_dict.tensors.len())
 }

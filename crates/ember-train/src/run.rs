@@ -2,15 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
-use burn::store::ModuleRecord;
 use burn::tensor::Device;
 use ember_data::{Corpus, StreamBatcher, Vocab};
 use ember_model::CharLm;
 use serde::Serialize;
 
 use crate::TrainError;
-use crate::checkpoint::{CheckpointDir, decoding_guard};
+use crate::checkpoint::{CheckpointDir, StepFiles, decoding_guard};
 use crate::config::RunConfig;
 use crate::error::expect_run;
 use crate::trainer::{CONFIG_FILE, VOCAB_FILE, mean_loss, model_config};
@@ -36,8 +34,12 @@ pub struct EvalReport {
     pub loss: f64,
     /// The same in bits.
     pub bits_per_char: f64,
-    /// `exp(loss)`.
-    pub perplexity: f64,
+    /// `exp(loss)`; `None` (JSON `null`, with `perplexity_note` saying why) where it exceeds
+    /// the largest `f64`.
+    pub perplexity: Option<f64>,
+    /// Why `perplexity` is missing, where it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perplexity_note: Option<String>,
     /// The number of characters predicted.
     pub chars: usize,
 }
@@ -49,76 +51,61 @@ impl Run {
         let config = RunConfig::load(&dir.join(CONFIG_FILE), &[])?;
         let vocab = Vocab::load(&dir.join(VOCAB_FILE))?;
         let template = model_config(&config, vocab.len()).init(device);
-        let checkpoints = CheckpointDir::new(dir);
-        let mut last_error = None;
-        for step in checkpoints.steps().into_iter().rev() {
-            let path = dir.join(format!("checkpoints/step-{step:08}/model.bpk"));
-            let step_dir = path.parent().expect("a checkpoint file has a directory");
-            let loaded = decoding_guard(step_dir, || {
-                checkpoints
-                    .verify_step(step)
-                    .and_then(|()| {
-                        ModuleRecord::load(&path).map_err(|e| TrainError::Checkpoint {
-                            path: path.clone(),
-                            message: e.to_string(),
-                        })
-                    })
-                    .and_then(|record| {
-                        template
-                            .clone()
-                            .try_load_record(record)
-                            .map_err(|e| TrainError::Mismatch {
-                                path: path.clone(),
-                                message: format!("does not fit the run's model: {e}"),
-                            })
-                    })
-            });
-            match loaded {
-                Ok(model) => {
-                    return Ok(Run {
-                        dir: dir.to_path_buf(),
-                        config,
-                        vocab,
-                        model,
-                        step,
-                    });
-                }
-                Err(e) => {
-                    log::warn!("skipping checkpoint at step {step}: {e}");
-                    last_error = Some(e);
-                }
-            }
-        }
-        Err(last_error.unwrap_or_else(|| TrainError::NoCheckpoint(dir.to_path_buf())))
+        let (step, model) = CheckpointDir::new(dir).newest(|step| {
+            let step_dir = CheckpointDir::new(dir).step_dir(step);
+            decoding_guard(&step_dir, || {
+                StepFiles::read(&step_dir).and_then(|files| files.model_into(template.clone()))
+            })
+        })?;
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            config,
+            vocab,
+            model,
+            step,
+        })
     }
 
     /// The mean next-character loss over the whole of `text_path`, read as one stream from a
-    /// zero state in chunks of `chunk_len` characters.
+    /// zero state in chunks of `chunk_len` characters; `on_progress(done, total)` sees the
+    /// characters predicted so far after every chunk.
     pub fn evaluate_file(
         &self,
         text_path: &Path,
         chunk_len: usize,
         device: &Device,
+        on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<EvalReport, TrainError> {
         let corpus = Corpus::load_with_vocab(text_path, self.vocab.clone())?;
         let stream = StreamBatcher::new(&corpus.ids, 1, 1, &text_path.display().to_string())?;
-        let stream = StreamBatcher::new(
-            &corpus.ids,
-            1,
-            chunk_len.min(stream.stream_len() - 1).max(1),
-            "text",
-        )?;
-        let loss = mean_loss(
-            &self.model,
-            stream.all_chunks(),
-            device,
-            self.config.uses_fused(),
-        );
+        let chars = stream.stream_len() - 1;
+        let chunk_len = chunk_len.min(chars).max(1);
+        let stream = StreamBatcher::new(&corpus.ids, 1, chunk_len, "text")?;
+        let total = chars;
+        let chunks = stream.all_chunks().enumerate().map(|(index, chunk)| {
+            on_progress(index * chunk_len, total);
+            chunk
+        });
+        let loss = mean_loss(&self.model, chunks, device, self.config.uses_fused());
+        on_progress(total, total);
+        if !loss.is_finite() {
+            return Err(TrainError::Checkpoint {
+                path: self
+                    .dir
+                    .join("checkpoints")
+                    .join(format!("step-{:08}", self.step)),
+                message: format!("its model's loss on {} is {loss}", text_path.display()),
+            });
+        }
+        let perplexity = Some(loss.exp()).filter(|p| p.is_finite());
         Ok(EvalReport {
             loss,
             bits_per_char: loss / std::f64::consts::LN_2,
-            perplexity: loss.exp(),
-            chars: stream.stream_len() - 1,
+            perplexity,
+            perplexity_note: perplexity
+                .is_none()
+                .then(|| "exp(loss) is larger than the largest 64-bit float".into()),
+            chars,
         })
     }
 }

@@ -145,6 +145,7 @@ fn check_finite(step: u64, quantity: &'static str, value: f64) -> Result<(), Tra
             step: step + 1,
             quantity,
             value,
+            limit: None,
         })
     }
 }

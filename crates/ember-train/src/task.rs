@@ -2,7 +2,6 @@
 //! (many-to-many) and sequence to sequence, through the same optimizer step, metrics, run loop
 //! and checkpoints as the language model.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
@@ -20,8 +19,9 @@ use rand_chacha::ChaCha8Rng;
 use crate::checkpoint::{CheckpointDir, Progress, no_carried, write_atomically};
 use crate::config::{RunConfig, TaskKind};
 use crate::error::{expect_run, io_error};
+use crate::run_dir::{RunLock, absolute, create_run_dir, reopen_run, resume_checkpoint};
 use crate::step::{GradientStep, optimizer_from};
-use crate::trainer::{CONFIG_FILE, METRICS_FILE, VOCAB_FILE, lock_run_dir, truncate_metrics};
+use crate::trainer::{CONFIG_FILE, METRICS_FILE, VOCAB_FILE, truncate_metrics};
 use crate::{Evaluation, TrainError, Training};
 
 /// The class names (or tag characters) of a run, inside its directory.
@@ -382,21 +382,21 @@ pub struct TaskTrainer<M: SequenceTask> {
     epoch_order: Vec<usize>,
     progress: Progress,
     checkpoints: CheckpointDir,
-    _lock: File,
+    _lock: RunLock,
 }
 
 impl<M: SequenceTask> TaskTrainer<M> {
     /// Starts a new run in `run_dir` (created; it must not hold a run already).
-    pub fn create(config: RunConfig, run_dir: &Path, device: &Device) -> Result<Self, TrainError> {
-        if run_dir.join(CONFIG_FILE).exists() {
-            return Err(TrainError::RunExists(run_dir.to_path_buf()));
-        }
+    pub fn create(
+        mut config: RunConfig,
+        run_dir: &Path,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
         let data = SequenceData::load(&config, None)?;
-        std::fs::create_dir_all(run_dir).map_err(io_error(run_dir))?;
-        let lock = lock_run_dir(run_dir)?;
+        config.data.path = absolute(&config.data.path)?;
+        let lock = create_run_dir(run_dir, "--run-dir")?;
         data.vocab.save(run_dir)?;
         write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
-        let _ = std::fs::remove_file(run_dir.join(METRICS_FILE));
         let train_device = device.clone().autodiff();
         train_device.seed(config.train.seed);
         let model = M::init(&config, &data.vocab, &train_device);
@@ -421,15 +421,16 @@ impl<M: SequenceTask> TaskTrainer<M> {
         overrides: &[String],
         device: &Device,
     ) -> Result<Self, TrainError> {
-        let lock = lock_run_dir(run_dir)?;
-        let (config, vocab) = open_run(run_dir, overrides)?;
+        let (lock, config) = reopen_run(run_dir, overrides)?;
+        let vocab = TaskVocab::load(run_dir)?;
         let data = SequenceData::load(&config, Some(vocab))?;
         let train_device = device.clone().autodiff();
         // Seeded as `create` seeds it, so a run with no checkpoint yet restarts as it began.
         train_device.seed(config.train.seed);
         let template = M::init(&config, &data.vocab, &train_device);
-        let checkpoints = CheckpointDir::new(run_dir);
-        let checkpoint = checkpoints.resume_point(
+        let checkpoint = resume_checkpoint(
+            run_dir,
+            &config,
             template,
             optimizer_from(&config.optimizer),
             &train_device,
@@ -439,7 +440,7 @@ impl<M: SequenceTask> TaskTrainer<M> {
         write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
         Ok(TaskTrainer {
             optimizer: GradientStep::with_optimizer(&config.optimizer, checkpoint.optimizer),
-            checkpoints,
+            checkpoints: CheckpointDir::new(run_dir),
             run_dir: run_dir.to_path_buf(),
             device: device.clone(),
             model: checkpoint.model,
@@ -478,21 +479,10 @@ impl<M: SequenceTask> TaskTrainer<M> {
     }
 }
 
-/// A sequence run's config (with `overrides`, which may change `[train]`, `[optimizer]` and
-/// `[task]` decoding but not the data or the model) and vocabularies.
-fn open_run(run_dir: &Path, overrides: &[String]) -> Result<(RunConfig, TaskVocab), TrainError> {
+/// A sequence run's config and vocabularies.
+fn open_run(run_dir: &Path) -> Result<(RunConfig, TaskVocab), TrainError> {
     expect_run(run_dir)?;
-    let saved = RunConfig::load(&run_dir.join(CONFIG_FILE), &[])?;
-    let config = RunConfig::load(&run_dir.join(CONFIG_FILE), overrides)?;
-    if config.data != saved.data
-        || config.model != saved.model
-        || config.task.kind != saved.task.kind
-    {
-        return Err(TrainError::Config {
-            origin: "--set".into(),
-            message: "a resumed run keeps its [data], [model] and task kind".into(),
-        });
-    }
+    let config = RunConfig::load(&run_dir.join(CONFIG_FILE), &[])?;
     Ok((config, TaskVocab::load(run_dir)?))
 }
 
@@ -587,12 +577,18 @@ pub struct TaskRun<M: SequenceTask> {
     pub vocab: TaskVocab,
     /// The weights of its newest intact checkpoint, on a device without autodiff.
     pub model: M,
+    /// The longest input line [`answer`](Self::answer) takes, in characters: the model reads a
+    /// line whole, and its memory grows by about 2 KB per character.
+    pub max_line_chars: usize,
 }
+
+/// The default of [`TaskRun::max_line_chars`]: about 200 MB of activations.
+pub const MAX_LINE_CHARS: usize = 100_000;
 
 impl<M: SequenceTask> TaskRun<M> {
     /// Opens `run_dir`.
     pub fn open(run_dir: &Path, device: &Device) -> Result<Self, TrainError> {
-        let (config, vocab) = open_run(run_dir, &[])?;
+        let (config, vocab) = open_run(run_dir)?;
         let template = M::init(&config, &vocab, device);
         let checkpoint = CheckpointDir::new(run_dir).load_latest(
             template,
@@ -604,6 +600,7 @@ impl<M: SequenceTask> TaskRun<M> {
             config,
             vocab,
             model: checkpoint.model,
+            max_line_chars: MAX_LINE_CHARS,
         })
     }
 
@@ -618,6 +615,20 @@ impl<M: SequenceTask> TaskRun<M> {
         let mut sources = Vec::new();
         for (index, line) in text.lines().enumerate() {
             let line = line.strip_suffix('\r').unwrap_or(line);
+            let chars = line.chars().count();
+            if chars > self.max_line_chars {
+                return Err(DataError::BadLine {
+                    path: origin.to_path_buf(),
+                    line: index + 1,
+                    message: format!(
+                        "{chars} characters, more than the {} a line may have (the model reads \
+                         a line whole, about 2 KB of memory per character; raise it with \
+                         --max-line-chars)",
+                        self.max_line_chars
+                    ),
+                }
+                .into());
+            }
             sources.push(self.vocab.encode_line(line, origin, index + 1)?);
         }
         let mut answers = Vec::with_capacity(sources.len());

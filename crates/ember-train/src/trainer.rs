@@ -1,6 +1,6 @@
 //! The truncated-BPTT training loop.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleVisitor, Param};
@@ -8,13 +8,13 @@ use burn::optim::ModuleOptimizer;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ember_data::{Chunk, Corpus, Splits, StreamBatcher, Vocab};
 use ember_model::{CharLm, CharLmConfig, RecurrentState};
-use fs2::FileExt;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointDir, Progress, char_lm_carried, write_atomically};
 use crate::config::RunConfig;
-use crate::error::{expect_run, io_error};
+use crate::error::io_error;
 use crate::fused::{fused_loss, fused_step};
+use crate::run_dir::{RunLock, absolute, create_run_dir, reopen_run, resume_checkpoint};
 use crate::step::{GradientStep, optimizer_for};
 use crate::{Evaluation, TrainError, Training};
 
@@ -24,7 +24,6 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const VOCAB_FILE: &str = "vocab.json";
 /// One JSON object per logged step, inside the run directory.
 pub const METRICS_FILE: &str = "metrics.jsonl";
-const LOCK_FILE: &str = "lock";
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,22 +72,22 @@ pub struct Trainer {
     progress: Progress,
     carried: Option<RecurrentState>,
     checkpoints: CheckpointDir,
-    _lock: File,
+    _lock: RunLock,
 }
 
 impl Trainer {
     /// Starts a new run in `run_dir` (created; it must not hold a run already).
-    pub fn create(config: RunConfig, run_dir: &Path, device: &Device) -> Result<Self, TrainError> {
-        if run_dir.join(CONFIG_FILE).exists() {
-            return Err(TrainError::RunExists(run_dir.to_path_buf()));
-        }
+    pub fn create(
+        mut config: RunConfig,
+        run_dir: &Path,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
         let corpus = Corpus::load_with(&config.data.path, None, config.data.max_bytes)?;
         let streams = streams(&config, corpus)?;
-        fs::create_dir_all(run_dir).map_err(io_error(run_dir))?;
-        let lock = lock_run_dir(run_dir)?;
+        config.data.path = absolute(&config.data.path)?;
+        let lock = create_run_dir(run_dir, "--run-dir")?;
         streams.0.save(&run_dir.join(VOCAB_FILE))?;
         write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
-        let _ = fs::remove_file(run_dir.join(METRICS_FILE));
 
         let train_device = device.clone().autodiff();
         train_device.seed(config.train.seed);
@@ -107,16 +106,7 @@ impl Trainer {
         overrides: &[String],
         device: &Device,
     ) -> Result<Self, TrainError> {
-        expect_run(run_dir)?;
-        let lock = lock_run_dir(run_dir)?;
-        let saved = RunConfig::load(&run_dir.join(CONFIG_FILE), &[])?;
-        let config = RunConfig::load(&run_dir.join(CONFIG_FILE), overrides)?;
-        if config.data != saved.data || config.model != saved.model {
-            return Err(TrainError::Config {
-                origin: "--set".into(),
-                message: "a resumed run keeps its [data] and [model]; only [train] and [optimizer] may change".into(),
-            });
-        }
+        let (lock, config) = reopen_run(run_dir, overrides)?;
         let vocab = Vocab::load(&run_dir.join(VOCAB_FILE))?;
         let corpus = Corpus::load_with(&config.data.path, Some(vocab), config.data.max_bytes)?;
         let streams = streams(&config, corpus)?;
@@ -124,7 +114,9 @@ impl Trainer {
         // Seeded as `create` seeds it, so a run with no checkpoint yet restarts as it began.
         train_device.seed(config.train.seed);
         let template = drawn(model_config(&config, streams.0.len()).init(&train_device));
-        let checkpoint = CheckpointDir::new(run_dir).resume_point(
+        let checkpoint = resume_checkpoint(
+            run_dir,
+            &config,
             template,
             optimizer_for(&config),
             &train_device,
@@ -160,7 +152,7 @@ impl Trainer {
         optimizer: ModuleOptimizer,
         progress: Progress,
         carried: Option<RecurrentState>,
-        lock: File,
+        lock: RunLock,
     ) -> Result<Self, TrainError> {
         Ok(Trainer {
             checkpoints: CheckpointDir::new(run_dir),
@@ -411,24 +403,13 @@ pub fn mean_loss(
     total / count.max(1) as f64
 }
 
-pub(crate) fn lock_run_dir(run_dir: &Path) -> Result<File, TrainError> {
-    let path = run_dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_error(&path))?;
-    file.try_lock_exclusive()
-        .map_err(|_| TrainError::Locked(run_dir.to_path_buf()))?;
-    Ok(file)
-}
-
 /// Drops the metrics lines after `step`: an interrupted run may have logged steps its last
 /// checkpoint does not hold, and the resumed run logs them again.
 pub(crate) fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
-    let Ok(text) = fs::read_to_string(path) else {
-        return Ok(());
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error(path)(e)),
     };
     let kept: String = text
         .lines()

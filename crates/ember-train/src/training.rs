@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::TrainError;
 use crate::checkpoint::Progress;
-use crate::config::RunConfig;
+use crate::config::{RunConfig, TaskKind};
 use crate::error::io_error;
 use crate::trainer::{METRICS_FILE, MetricsRecord, RunOutcome};
 
@@ -67,6 +67,20 @@ pub trait Training {
             let epoch = self.epoch();
             let (loss, grad_norm) = self.train_step()?;
             let step = self.progress().step;
+            if self.config().task.kind == TaskKind::LanguageModel {
+                // char-rnn's rule: a loss that climbs past three times its first value will
+                // not come back. Per-character losses are comparable from step to step; a
+                // sequence task's summed losses are not.
+                let first = *self.progress().first_loss.get_or_insert(loss);
+                if loss > 3.0 * first {
+                    return Err(TrainError::Diverged {
+                        step,
+                        quantity: "loss",
+                        value: loss,
+                        limit: Some(3.0 * first),
+                    });
+                }
+            }
 
             let evaluation = if train_config.eval_every > 0 && step % train_config.eval_every == 0 {
                 self.evaluate()
