@@ -1198,6 +1198,47 @@ fn imports_fail_cleanly_and_runs_resume_from_anywhere() {
     fails("NaN weights", &mut import(&poisoned, &out), DATA, &["NaN"]);
     assert!(!out.exists(), "a failed import left {}", out.display());
 
+    // A model whose loss is finite but whose perplexity overflows: `eval` says why it is null.
+    // A head bias of 1e4 on the first character (a newline) and a text without newlines make
+    // the loss about 1e4 nats, and exp(1e4) is past the largest f64 (about exp(709.8)).
+    let bytes = std::fs::read(&exported).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(key, view)| (key, view.shape().to_vec(), view.data().to_vec()))
+        .collect();
+    let (_, _, bias) = tensors
+        .iter_mut()
+        .find(|(key, ..)| key == "head.bias")
+        .unwrap();
+    bias[..4].copy_from_slice(&1e4f32.to_le_bytes());
+    let views: Vec<_> = tensors
+        .iter()
+        .map(|(key, shape, data)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data);
+            (key.clone(), view.unwrap())
+        })
+        .collect();
+    let biased = root.join("biased.safetensors");
+    std::fs::write(&biased, safetensors::serialize(views, None).unwrap()).unwrap();
+    let overflowing = root.join("overflowing");
+    run_ok(&mut import(&biased, &overflowing));
+    let text = root.join("line.txt");
+    std::fs::write(&text, "Before we proceed any further, hear me speak.").unwrap();
+    let output = run_ok(on_run("eval", &overflowing).arg("--text").arg(&text));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(report["loss"].as_f64().unwrap() > 1000.0, "{report}");
+    assert!(report["perplexity"].is_null(), "{report}");
+    assert!(
+        report["perplexity_note"]
+            .as_str()
+            .unwrap()
+            .contains("exp(loss)"),
+        "{report}"
+    );
+
     // Resumed from another working directory: data.path was recorded absolute.
     let elsewhere = tempfile::tempdir().unwrap();
     run_ok(resume(&run_dir, &["train.steps=12"]).current_dir(elsewhere.path()));
