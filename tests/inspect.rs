@@ -16,7 +16,7 @@ use ember_model::LayerState;
 use ember_model::fused::host_values;
 use ember_train::Run;
 use ember_train::inspect::group_digits;
-use ember_train::inspect::page::{LEVELS, activation_colour};
+use ember_train::inspect::page::{LEVELS, activation_colour, loss_colour};
 use serde_json::{Value, json};
 
 /// A corpus with what a page must show as itself: HTML-special characters, quotes, brackets,
@@ -36,22 +36,44 @@ fn corpus() -> String {
     text
 }
 
-/// Trains the smoke config on [`corpus`] into `dir/run`; returns the run and the corpus path.
-fn trained_run(dir: &Path) -> (PathBuf, PathBuf) {
+/// Trains the smoke config, with `overrides`, on [`corpus`] into `dir/run`; returns the run
+/// and the corpus path.
+fn trained_run_with(dir: &Path, overrides: &[&str]) -> (PathBuf, PathBuf) {
     let corpus_path = dir.join("corpus.txt");
     std::fs::write(&corpus_path, corpus()).unwrap();
     let run_dir = dir.join("run");
     let data = format!("data.path={}", corpus_path.display());
-    run_ok(&mut train(&run_dir, &[&data, "train.steps=30"]));
+    let mut all = vec![data.as_str(), "train.steps=30"];
+    all.extend(overrides);
+    run_ok(&mut train(&run_dir, &all));
     (run_dir, corpus_path)
 }
 
-/// Every layer's hidden and cell state after each character of `text`, from a zero state,
-/// computed here with the layers' own `step`, layer by layer (not through `CharLm::step`,
-/// which the page's builder uses): `states[k] = (hidden, cell)`, each `[len][d_hidden]`.
+fn trained_run(dir: &Path) -> (PathBuf, PathBuf) {
+    trained_run_with(dir, &[])
+}
+
+/// The data a page's script reads: the JSON of its `application/json` script element.
+fn page_data(page: &str) -> Value {
+    let start = page.find("type=\"application/json\">").unwrap() + 24;
+    let end = start + page[start..].find("</script>").unwrap();
+    serde_json::from_str(&page[start..end]).unwrap()
+}
+
+/// Every layer's hidden and cell state after each character of a text: `states[k] = (hidden,
+/// cell)`, each `[len][d_hidden]`.
 type States = Vec<(Vec<Vec<f32>>, Vec<Vec<f32>>)>;
 
-fn independent_states(run_dir: &Path, text: &str) -> States {
+/// What the page should show, computed here through `ember-model` without the page's builder
+/// (which steps `CharLm::step`): each layer's states with the layers' own `step`, layer by
+/// layer from a zero state, and the logits after every character from `CharLm::forward` over
+/// the whole text (`[len][vocab_size]`).
+struct Reference {
+    states: States,
+    logits: Vec<Vec<f32>>,
+}
+
+fn reference(run_dir: &Path, text: &str) -> Reference {
     let device = Device::flex();
     let run = Run::open(run_dir, &device).unwrap();
     let model = run.model;
@@ -68,7 +90,7 @@ fn independent_states(run_dir: &Path, text: &str) -> States {
         .embedding
         .as_ref()
         .expect("the smoke config embeds")
-        .forward(ids);
+        .forward(ids.clone());
     let mut inputs: Vec<Tensor<2>> = (0..len)
         .map(|t| embedded.clone().slice([0..1, t..t + 1]).reshape([1, -1]))
         .collect();
@@ -93,7 +115,20 @@ fn independent_states(run_dir: &Path, text: &str) -> States {
             assert!((v - outputs[t * row.len() + u]).abs() < 1e-5);
         }
     }
-    states
+    let vocab_size = model.vocab_size();
+    let (logits, _) = model.forward(ids, None);
+    let logits = host_values(logits)
+        .chunks(vocab_size)
+        .map(<[f32]>::to_vec)
+        .collect();
+    Reference { states, logits }
+}
+
+/// The loss, in nats, of `next` after `logits`.
+fn loss_of(logits: &[f32], next: usize) -> f64 {
+    let max = logits.iter().fold(f64::MIN, |m, &l| m.max(l as f64));
+    let total: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    total.ln() + max - logits[next] as f64
 }
 
 /// The Chromium to drive, or `None` (with a message) where the test may be skipped.
@@ -294,7 +329,9 @@ fn shown(browser: &mut Browser) -> Shown {
         .iter()
         .map(|c| {
             let c = c.as_str().unwrap();
-            let inner = c.trim_start_matches("rgb(").trim_end_matches(')');
+            // `rgb(r, g, b)`, or `rgba(0, 0, 0, 0)` for a transparent background.
+            let inner = c.trim_start_matches("rgba(").trim_start_matches("rgb(");
+            let inner = inner.trim_end_matches(')');
             let parts: Vec<u8> = inner
                 .split(',')
                 .map(|p| p.trim().parse().unwrap())
@@ -312,7 +349,7 @@ fn shown(browser: &mut Browser) -> Shown {
     }
 }
 
-/// The page's colours follow the chosen unit's activations from [`independent_states`]: each
+/// The page's colours follow the chosen unit's activations from [`reference`]: each
 /// channel within 5 of the colour of the exact activation (the page holds 64 levels, a step of
 /// 2/63 of the range; half a step moves a channel by at most 224/63 = 3.6, plus rounding).
 fn assert_colours_follow(shown: &Shown, states: &States) {
@@ -386,7 +423,8 @@ fn the_page_shows_the_units_in_a_browser() {
             .arg("--out")
             .arg(&page),
     );
-    let states = independent_states(&run_dir, &text);
+    let reference = reference(&run_dir, &text);
+    let states = &reference.states;
 
     let mut browser = Browser::open(&chromium, dir.path(), &format!("file://{}", page.display()));
     wait_until_ready(&mut browser);
@@ -398,7 +436,7 @@ fn the_page_shows_the_units_in_a_browser() {
         "one element per character"
     );
     assert_eq!(first.text, text, "every character shown as itself");
-    assert_colours_follow(&first, &states);
+    assert_colours_follow(&first, states);
 
     // Choose the first ranked entry that is another unit.
     let ranked = browser.evaluate(
@@ -426,7 +464,7 @@ fn the_page_shows_the_units_in_a_browser() {
         changed > first.spans / 4,
         "only {changed} characters changed colour"
     );
-    assert_colours_follow(&second, &states);
+    assert_colours_follow(&second, states);
 
     // Hovering a character shows the top 5 next characters and the loss of the one that came.
     browser.mouse("#text span[data-i='5']", false);
@@ -437,11 +475,75 @@ fn the_page_shows_the_units_in_a_browser() {
     let info_text = info["text"].as_str().unwrap();
     assert_eq!(info["rows"], 5, "{info_text}");
     assert!(
-        info_text.contains("position 5")
-            && info_text.contains("Then came")
-            && info_text.contains("nats"),
+        info_text.contains("position 5") && info_text.contains("Then came"),
         "{info_text}"
     );
+    // The five rows are the five most likely characters after position 5, most likely first,
+    // and the loss is the next character's, as the reference logits give them.
+    let vocab = ember_data::Vocab::load(&run_dir.join("vocab.json")).unwrap();
+    let logits = &reference.logits[5];
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    let expected_top: Vec<String> = order[..5]
+        .iter()
+        .map(|&id| vocab.chars()[id].to_string())
+        .collect();
+    let shown_top = browser.evaluate(
+        r##"Array.from(document.querySelectorAll("#info table tr")).map((r) => r.dataset.char)"##,
+    );
+    assert_eq!(shown_top, json!(expected_top), "{info_text}");
+    let chars: Vec<char> = text.chars().collect();
+    let next_loss = loss_of(logits, vocab.id(chars[6]).unwrap() as usize);
+    let shown_loss: f64 = info_text
+        .rsplit("loss ")
+        .next()
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("no loss in {info_text}"));
+    assert!(
+        (shown_loss - next_loss).abs() < 1e-3,
+        "wants loss {next_loss:.3}: {info_text}"
+    );
+
+    // Keyboard: a clicked character takes the focus, the arrow keys move it.
+    browser.mouse("#text span[data-i='5']", true);
+    browser.page(
+        "Input.dispatchKeyEvent",
+        json!({ "type": "keyDown", "key": "ArrowRight", "code": "ArrowRight", "windowsVirtualKeyCode": 39 }),
+    );
+    let focused = browser.evaluate(
+        r##"({ i: document.activeElement.dataset.i, info: document.getElementById("info").textContent })"##,
+    );
+    assert_eq!(focused["i"], "6", "{focused}");
+    assert!(
+        focused["info"].as_str().unwrap().contains("position 6"),
+        "{focused}"
+    );
+
+    // The loss view: every character after the first coloured by the loss of predicting it.
+    browser.mouse("input[name=view][value=loss]", true);
+    let by_loss = shown(&mut browser);
+    assert_eq!(
+        by_loss.colours[0],
+        [0, 0, 0],
+        "the first character has no loss: transparent"
+    );
+    for t in 1..chars.len() {
+        let loss = loss_of(
+            &reference.logits[t - 1],
+            vocab.id(chars[t]).unwrap() as usize,
+        );
+        let expected = loss_colour(loss);
+        for channel in 0..3 {
+            let gap = (expected[channel] as i32 - by_loss.colours[t][channel] as i32).abs();
+            // The page rounds losses to 3 decimals: at most a unit of rounding per channel.
+            assert!(
+                gap <= 1,
+                "character {t}: loss {loss:.3} wants {expected:?}, the page shows {:?}",
+                by_loss.colours[t]
+            );
+        }
+    }
 
     // A screenshot through DevTools, decoded by the browser's own PNG decoder on a canvas.
     browser.evaluate("window.scrollTo(0, 0)");
@@ -502,9 +604,7 @@ fn inspect_writes_a_page_with_header_and_cut_note() {
     );
     let page = std::fs::read_to_string(&page_path).unwrap();
     assert!(std::fs::symlink_metadata(&page_path).unwrap().is_file());
-    let start = page.find("type=\"application/json\">").unwrap() + 24;
-    let end = start + page[start..].find("</script>").unwrap();
-    let data: serde_json::Value = serde_json::from_str(&page[start..end]).unwrap();
+    let data = page_data(&page);
     let total = corpus().chars().count();
     let cut = data["cut"].as_str().unwrap().replace(',', "");
     assert!(
@@ -545,6 +645,29 @@ fn inspect_writes_a_page_with_header_and_cut_note() {
         "page {mean}, eval {}",
         eval["loss"]
     );
+}
+
+/// A GRU has no cell state: the page offers hidden states only, and still ranks its units.
+#[test]
+fn a_gru_page_has_hidden_states_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run_dir, corpus_path) = trained_run_with(dir.path(), &["model.cell=gru"]);
+    let page = dir.path().join("gru.html");
+    run_ok(
+        ember()
+            .args(["inspect", "--run"])
+            .arg(&run_dir)
+            .arg("--text")
+            .arg(&corpus_path)
+            .args(["--chars", "400", "--out"])
+            .arg(&page),
+    );
+    let data = page_data(&std::fs::read_to_string(&page).unwrap());
+    assert_eq!(data["state_names"], json!(["hidden"]));
+    let traces = data["traces"].as_array().unwrap();
+    assert_eq!(traces.len(), 2, "one hidden state per layer");
+    assert!(traces.iter().all(|t| t["state"] == "hidden"));
+    assert!(!data["ranked"].as_array().unwrap().is_empty());
 }
 
 /// Bad input: exit statuses of README's table, and messages that name what is wrong.

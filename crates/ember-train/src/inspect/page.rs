@@ -51,6 +51,12 @@ pub fn activation_colour(a: f64) -> [u8; 3] {
     }
 }
 
+/// The background the page's loss view gives a loss in nats: white at 0, blending linearly into
+/// [`LOSS`] at [`LOSS_SCALE`] and beyond. The page's script computes the same.
+pub fn loss_colour(loss: f64) -> [u8; 3] {
+    mix(LOSS, (loss / LOSS_SCALE).clamp(0.0, 1.0))
+}
+
 fn mix(end: [u8; 3], x: f64) -> [u8; 3] {
     end.map(|e| (255.0 + (e as f64 - 255.0) * x).round() as u8)
 }
@@ -123,6 +129,10 @@ mod tests {
         assert_eq!(activation_colour(1.0), POSITIVE);
         assert_eq!(activation_colour(-3.0), NEGATIVE);
         assert_eq!(activation_colour(0.5), [235, 147, 148]);
+        // Loss: 0 is white, 2.5 nats half way to LOSS (255 + (106 - 255) / 2 = 180.5 -> 181).
+        assert_eq!(loss_colour(0.0), [255, 255, 255]);
+        assert_eq!(loss_colour(2.5), [181, 168, 209]);
+        assert_eq!(loss_colour(9.0), LOSS);
     }
 
     /// Text that would close the data element or start markup stays inside the JSON string.
