@@ -916,6 +916,27 @@ fn outputs_are_only_regular_files_outside_runs() {
     ] {
         fails(what, &mut export(&out), USAGE, names);
     }
+    // Nor does a new run or an import go inside a run.
+    let nested = run_dir.join("checkpoints/nested");
+    fails(
+        "a run inside a run",
+        &mut train(&nested, &[]),
+        USAGE,
+        &["nested", "inside the run"],
+    );
+    run_ok(&mut export(&dir.path().join("model.safetensors")));
+    fails(
+        "an import inside a run",
+        ember()
+            .args(["import-torch", "--cell", "lstm", "--state-dict"])
+            .arg(dir.path().join("model.safetensors"))
+            .arg("--vocab-from")
+            .arg(repo("data/tinyshakespeare.txt"))
+            .arg("--out")
+            .arg(&nested),
+        USAGE,
+        &["nested", "inside the run"],
+    );
     assert!(snapshot(&run_dir) == before);
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
     assert!(

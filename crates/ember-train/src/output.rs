@@ -34,6 +34,16 @@ pub fn check_output(path: &Path, run_file: bool) -> Result<(), TrainError> {
     if run_file {
         return Ok(());
     }
+    refuse_inside_run(path)
+}
+
+/// Refuses `path` if a directory above it holds a run: nothing but the run's own files may be
+/// written there (a new run or an export inside a run would mix with it, or destroy it).
+pub(crate) fn refuse_inside_run(path: &Path) -> Result<(), TrainError> {
+    let refuse = |message: String| TrainError::Output {
+        path: path.to_path_buf(),
+        message,
+    };
     let absolute = std::path::absolute(path).map_err(|e| refuse(e.to_string()))?;
     let parent = absolute.parent().unwrap_or(&absolute);
     // Both spellings: the one given, and the real one behind any symlinked directory.

@@ -13,6 +13,7 @@ use crate::TrainError;
 use crate::checkpoint::{CarriedLoader, Checkpoint, CheckpointDir};
 use crate::config::RunConfig;
 use crate::error::{expect_run, io_error};
+use crate::output::refuse_inside_run;
 use crate::trainer::{CONFIG_FILE, METRICS_FILE, MetricsRecord};
 
 const LOCK_FILE: &str = "lock";
@@ -26,10 +27,11 @@ pub struct RunLock {
 
 /// Makes `dir` the directory of a new run, locked by this process: created if absent, or an
 /// existing empty one (a `lock` left by an earlier process aside). A directory that holds a
-/// run, anything else, or another process's lock is refused; `option` names the command-line
-/// option that chose `dir` in that error.
+/// run, anything else, or another process's lock, or that lies inside another run, is refused;
+/// `option` names the command-line option that chose `dir` in that error.
 pub(crate) fn create_run_dir(dir: &Path, option: &'static str) -> Result<RunLock, TrainError> {
     refuse_run(dir, option)?;
+    refuse_inside_run(dir)?;
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(io_error(parent))?;
     }
