@@ -102,19 +102,27 @@ impl CharLm {
         ids: Tensor<2, Int>,
         state: Option<RecurrentState>,
     ) -> (Tensor<3>, RecurrentState) {
-        let [batch_size, seq_length] = ids.dims();
-        // Time-major ids, so each step is a contiguous row; slicing integer ids costs nothing in
-        // the backward pass, unlike slicing a float tensor that carries a gradient.
-        let ids_by_step = ids.swap_dims(0, 1);
-        let projected = (0..seq_length)
-            .map(|t| {
-                let step = ids_by_step.clone().slice([t..t + 1, 0..batch_size]);
-                self.project_ids(step.reshape([batch_size]))
-            })
-            .collect();
-        let (outputs, state) = self.rnn.forward_projected(projected, state);
-        let logits = self.head.forward(Tensor::stack(outputs, 1));
+        // Time-major from here to the head: each step's rows are contiguous for the recurrence.
+        let (outputs, state) =
+            self.rnn
+                .forward_time_major(self.project_sequence(ids.swap_dims(0, 1)), None, state);
+        let logits = self.head.forward(outputs.swap_dims(0, 1));
         (logits, state)
+    }
+
+    /// The bottom layer's input projection of time-major ids, `[seq_len, batch_size]` to
+    /// `[seq_len, batch_size, num_gates * d_hidden]`.
+    fn project_sequence(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        let [seq_len, batch_size] = ids.dims();
+        let first = &self.rnn.layers[0];
+        match &self.embedding {
+            Some(embedding) => first.project_sequence(embedding.forward(ids)),
+            None => {
+                let projected = first.project_one_hot(ids.reshape([seq_len * batch_size]));
+                let d_gates = projected.dims()[1];
+                projected.reshape([seq_len, batch_size, d_gates])
+            }
+        }
     }
 
     /// One step: the logits after reading one character per stream.

@@ -20,7 +20,10 @@ use burn::tensor::Tensor;
 use crate::CellKind;
 
 mod gemm;
-mod pool;
+pub use ember_kernels::activation::add_into;
+use ember_kernels::activation::{exp, tanh};
+use ember_kernels::cells::{gru_step, lstm_step};
+use ember_kernels::{dispatch_simd, pool};
 use gemm::{Packed, Right, matmul};
 
 /// A float tensor's values, row-major, as `f32` host memory.
@@ -227,11 +230,6 @@ fn project_vocabulary(weights: &LayerWeights, table: Option<&[f32]>) -> Vec<f32>
     projected
 }
 
-/// `sum += part`, element by element: how shards' gradients and a batch's rows are summed.
-pub fn add_into(sum: &mut [f32], part: &[f32]) {
-    sum.iter_mut().zip(part).for_each(|(s, p)| *s += p);
-}
-
 /// `values` folded by `fold` from `start` in 16 interleaved lanes, which vectorize where one
 /// chain of a non-associative fold (a float sum, a maximum) would not; then the lanes folded.
 #[inline(always)]
@@ -255,78 +253,6 @@ fn column_sums(data: &[f32], width: usize) -> Vec<f32> {
         add_into(&mut sums, row);
     }
     sums
-}
-
-/// `e^x` to within 2 ulp for the `x` an activation sees, without branches or calls, so that
-/// loops over it vectorize (libm's `expf` is a call per element, and was a fifth of the time).
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    const LN_2_HI: f32 = 0.693_145_75;
-    const LN_2_LO: f32 = 1.428_606_8e-6;
-    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer in any float unit.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
-    let shifted = x * LOG2_E + ROUND;
-    let n = shifted - ROUND;
-    let r = x - n * LN_2_HI - n * LN_2_LO;
-    // Taylor series of e^r to r^6: below 2e-7 relative error for |r| <= ln(2) / 2.
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    // 2^n from the bits: the low bits of `shifted + 127` hold n + 127 (1 to 254 after the
-    // clamp), and shifting them into the exponent field drops the rest. A float-to-integer
-    // conversion here would not vectorize.
-    p * f32::from_bits((shifted + 127.0).to_bits() << 23)
-}
-
-#[inline(always)]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + exp(-x))
-}
-
-#[inline(always)]
-fn tanh(x: f32) -> f32 {
-    2.0 * sigmoid(2.0 * x) - 1.0
-}
-
-/// Defines `$name` as `$portable` compiled again for AVX-512 and for AVX2, and calls the widest
-/// the CPU has: the loops of the kernels then vectorize 16 or 8 lanes wide instead of 4.
-macro_rules! dispatch_simd {
-    (
-        $(#[$meta:meta])*
-        $vis:vis $name:ident, $avx512:ident, $avx2:ident, $portable:ident,
-        ($($arg:ident: $ty:ty),*) -> $ret:ty
-    ) => {
-        $(#[$meta])*
-        $vis fn $name($($arg: $ty),*) -> $ret {
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F, the one feature the function is compiled for.
-                    return unsafe { $avx512($($arg),*) };
-                }
-                if std::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU has AVX2, the one feature the function is compiled for.
-                    return unsafe { $avx2($($arg),*) };
-                }
-            }
-            $portable($($arg),*)
-        }
-
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f")]
-        fn $avx512($($arg: $ty),*) -> $ret {
-            $portable($($arg),*)
-        }
-
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2")]
-        fn $avx2($($arg: $ty),*) -> $ret {
-            $portable($($arg),*)
-        }
-    };
 }
 
 // After `dispatch_simd!`, which the stepper's kernels use.
@@ -501,88 +427,6 @@ fn recurrent_step(
             }
             product(projected);
             gru_step(step_gates, projected, previous.1, per_step, next, u);
-        }
-    }
-}
-
-/// An LSTM step's gate arithmetic: activates `gates` (`[batch, 4H]`, pre-activations in) in
-/// place and writes the new cells, their tanh and the new hidden vectors.
-#[inline(always)]
-fn lstm_step(
-    gates: &mut [f32],
-    previous_cells: &[f32],
-    cells: &mut [f32],
-    tanh_cells: &mut [f32],
-    hidden: &mut [f32],
-    h: usize,
-) {
-    for (row, gate_row) in gates.chunks_exact_mut(4 * h).enumerate() {
-        let (sigmoid_if, rest) = gate_row.split_at_mut(2 * h);
-        let (candidate, out) = rest.split_at_mut(h);
-        // Separate loops: a chained iterator does not vectorize.
-        for v in sigmoid_if.iter_mut() {
-            *v = sigmoid(*v);
-        }
-        for v in out.iter_mut() {
-            *v = sigmoid(*v);
-        }
-        for v in candidate.iter_mut() {
-            *v = tanh(*v);
-        }
-        let (i, f) = sigmoid_if.split_at(h);
-        let span = row * h..(row + 1) * h;
-        let cells_row = &mut cells[span.clone()][..h];
-        let tanh_row = &mut tanh_cells[span.clone()][..h];
-        let hidden_row = &mut hidden[span.clone()][..h];
-        let previous_row = &previous_cells[span][..h];
-        let (i, f, candidate, out) = (&i[..h], &f[..h], &candidate[..h], &out[..h]);
-        for j in 0..h {
-            let cell = f[j] * previous_row[j] + i[j] * candidate[j];
-            let tanh_cell = tanh(cell);
-            cells_row[j] = cell;
-            tanh_row[j] = tanh_cell;
-            hidden_row[j] = out[j] * tanh_cell;
-        }
-    }
-}
-
-/// A GRU step's gate arithmetic: from the input projections `gates` (`[batch, 3H]`, replaced by
-/// the activated `r, z, n`) and the hidden projections `projected`, writes `W_hn h + b_hn` into
-/// `hidden_new` and the new hidden vectors into `hidden`.
-#[inline(always)]
-fn gru_step(
-    gates: &mut [f32],
-    projected: &[f32],
-    previous: &[f32],
-    hidden_new: &mut [f32],
-    hidden: &mut [f32],
-    h: usize,
-) {
-    let rows = gates
-        .chunks_exact_mut(3 * h)
-        .zip(projected.chunks_exact(3 * h));
-    for (row, (gate_row, projected_row)) in rows.enumerate() {
-        let (reset, rest) = gate_row.split_at_mut(h);
-        let (update, candidate) = rest.split_at_mut(h);
-        let (p_reset, rest) = projected_row.split_at(h);
-        let (p_update, p_new) = rest.split_at(h);
-        let span = row * h..(row + 1) * h;
-        // Every slice cut to `h`, so that the loop below runs without bounds checks and
-        // vectorizes.
-        let previous_row = &previous[span.clone()][..h];
-        let new_row = &mut hidden_new[span.clone()][..h];
-        let hidden_row = &mut hidden[span][..h];
-        let (reset, update, candidate) = (&mut reset[..h], &mut update[..h], &mut candidate[..h]);
-        let (p_reset, p_update, p_new) = (&p_reset[..h], &p_update[..h], &p_new[..h]);
-        for j in 0..h {
-            let r = sigmoid(reset[j] + p_reset[j]);
-            let z = sigmoid(update[j] + p_update[j]);
-            let n = tanh(candidate[j] + r * p_new[j]);
-            reset[j] = r;
-            update[j] = z;
-            candidate[j] = n;
-            new_row[j] = p_new[j];
-            hidden_row[j] = n + z * (previous_row[j] - n);
         }
     }
 }

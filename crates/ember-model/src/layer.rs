@@ -3,10 +3,10 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
-use burn::tensor::activation::{sigmoid, tanh};
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::fused::{LayerWeights, host_values as host};
+use crate::ops::{self, Kernel};
 use crate::{CellKind, LayerState};
 
 /// Configuration to create a [`RecurrentLayer`] with [`RecurrentLayerConfig::init`].
@@ -18,6 +18,10 @@ pub struct RecurrentLayerConfig {
     pub d_input: usize,
     /// The size of the hidden state.
     pub d_hidden: usize,
+    /// Which implementation of the recurrence runs: the device's choice, or the reference
+    /// composition of tensor primitives.
+    #[config(default = "Kernel::Auto")]
+    pub kernel: Kernel,
 }
 
 /// One layer of a recurrent network: the RNN, LSTM or GRU update with all gates fused.
@@ -42,6 +46,9 @@ pub struct RecurrentLayer {
     /// The recurrence.
     #[module(skip)]
     pub cell: CellKind,
+    /// Which implementation of the recurrence runs (not part of the weights).
+    #[module(skip)]
+    pub kernel: Kernel,
 }
 
 impl RecurrentLayerConfig {
@@ -59,6 +66,7 @@ impl RecurrentLayerConfig {
             bias_ih: init.init([d_gates], device),
             bias_hh: init.init([d_gates], device),
             cell: self.cell,
+            kernel: self.kernel,
         }
     }
 }
@@ -106,39 +114,56 @@ impl RecurrentLayer {
         self.weight_ih.val().select(0, ids) + self.bias_ih.val().unsqueeze()
     }
 
+    /// The input projection of a whole time-major chunk: one matrix product for every step.
+    ///
+    /// # Shapes
+    /// - input: `[seq_len, batch_size, d_input]`
+    /// - output: `[seq_len, batch_size, num_gates * d_hidden]`
+    pub fn project_sequence(&self, input: Tensor<3>) -> Tensor<3> {
+        let [seq_len, batch_size, d_input] = input.dims();
+        let rows = input.reshape([seq_len * batch_size, d_input]);
+        let projected = self.project_input(rows);
+        let d_gates = projected.dims()[1];
+        projected.reshape([seq_len, batch_size, d_gates])
+    }
+
+    /// The whole chunk through [`ops::recurrence`] from already projected inputs: the host
+    /// kernels where the device has them and `kernel` allows, Burn's primitives elsewhere.
+    ///
+    /// # Shapes
+    /// - projected: `[seq_len, batch_size, num_gates * d_hidden]`, time-major
+    /// - mask: `[seq_len, batch_size]`, 1 on real steps and 0 on padding
+    /// - output: `[seq_len, batch_size, d_hidden]`; state: `[batch_size, d_hidden]` per tensor
+    pub fn forward_projected(
+        &self,
+        projected: Tensor<3>,
+        state: LayerState,
+        mask: Option<Tensor<2>>,
+    ) -> (Tensor<3>, LayerState) {
+        ops::recurrence(
+            self.cell,
+            projected,
+            self.weight_hh.val(),
+            self.bias_hh.val(),
+            state,
+            mask,
+            self.kernel,
+        )
+    }
+
     /// One time step from an already projected input (see [`project_input`](Self::project_input)).
     ///
     /// # Shapes
     /// - projected: `[batch_size, num_gates * d_hidden]`
     /// - state and result: `[batch_size, d_hidden]` per tensor
     pub fn step_projected(&self, projected: Tensor<2>, state: LayerState) -> LayerState {
-        let hidden_projected =
-            state.hidden.clone().matmul(self.weight_hh.val()) + self.bias_hh.val().unsqueeze();
-        match self.cell {
-            CellKind::Rnn => LayerState {
-                hidden: tanh(projected + hidden_projected),
-                cell: None,
-            },
-            CellKind::Lstm => {
-                let [i, f, g, o] = chunks(projected + hidden_projected);
-                let previous_cell = state.cell.expect("an LSTM state has a cell vector");
-                let cell = sigmoid(f) * previous_cell + sigmoid(i) * tanh(g);
-                LayerState {
-                    hidden: sigmoid(o) * tanh(cell.clone()),
-                    cell: Some(cell),
-                }
-            }
-            CellKind::Gru => {
-                let [x_r, x_z, x_n] = chunks(projected);
-                let [h_r, h_z, h_n] = chunks(hidden_projected);
-                let reset = sigmoid(x_r + h_r);
-                let update = sigmoid(x_z + h_z);
-                let candidate = tanh(x_n + reset * h_n);
-                // h = (1 - z) * n + z * h_prev, written as n + z * (h_prev - n): one product fewer.
-                let hidden = candidate.clone() + update * (state.hidden - candidate);
-                LayerState { hidden, cell: None }
-            }
-        }
+        ops::reference::step(
+            self.cell,
+            projected,
+            self.weight_hh.val(),
+            self.bias_hh.val(),
+            state,
+        )
     }
 
     /// One time step.
@@ -149,12 +174,4 @@ impl RecurrentLayer {
     pub fn step(&self, input: Tensor<2>, state: LayerState) -> LayerState {
         self.step_projected(self.project_input(input), state)
     }
-}
-
-/// Splits fused gates `[batch, N * d_hidden]` into their `N` blocks.
-fn chunks<const N: usize>(gates: Tensor<2>) -> [Tensor<2>; N] {
-    gates
-        .chunk(N, 1)
-        .try_into()
-        .unwrap_or_else(|_| unreachable!("the gate width is a multiple of {N}"))
 }

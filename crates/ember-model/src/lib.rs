@@ -1,7 +1,6 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
-mod cell;
 mod char_lm;
 mod classifier;
 mod decode;
@@ -10,6 +9,7 @@ pub mod fused;
 mod generator;
 mod layer;
 mod loss;
+pub mod ops;
 mod sample;
 mod seq2seq;
 mod stacked;
@@ -18,10 +18,10 @@ mod tagger;
 #[cfg(feature = "import")]
 pub mod torch;
 
-pub use cell::{CellKind, UnknownCell};
 pub use char_lm::{CharLm, CharLmConfig};
 pub use classifier::{SequenceClassifier, SequenceClassifierConfig};
 pub use decode::{DecodeConfig, Hypothesis};
+pub use ember_kernels::{CellKind, UnknownCell};
 pub use encoder::{Encoded, Pooling, SequenceEncoder, SequenceEncoderConfig, length_mask};
 pub use generator::{
     Bridge, BridgeConfig, ConditionedGenerator, ConditionedGeneratorConfig, SequenceDecoder,

@@ -5,6 +5,7 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::{Device, Tensor};
 
+use crate::ops::Kernel;
 use crate::{CellKind, LayerState, RecurrentLayer, RecurrentLayerConfig, RecurrentState};
 
 /// Configuration to create a [`StackedRecurrent`] with [`StackedRecurrentConfig::init`].
@@ -22,6 +23,10 @@ pub struct StackedRecurrentConfig {
     /// Dropout probability on the outputs of every layer but the last, in training only.
     #[config(default = 0.0)]
     pub dropout: f64,
+    /// Which implementation of the recurrence runs: the device's choice, or the reference
+    /// composition of tensor primitives.
+    #[config(default = "Kernel::Auto")]
+    pub kernel: Kernel,
 }
 
 /// A multi-layer unidirectional recurrent network, batch first, like `torch.nn.{RNN,LSTM,GRU}`
@@ -53,7 +58,9 @@ impl StackedRecurrentConfig {
         let layers = (0..self.num_layers)
             .map(|k| {
                 let d_input = if k == 0 { self.d_input } else { self.d_hidden };
-                RecurrentLayerConfig::new(self.cell, d_input, self.d_hidden).init(device)
+                RecurrentLayerConfig::new(self.cell, d_input, self.d_hidden)
+                    .with_kernel(self.kernel)
+                    .init(device)
             })
             .collect();
         StackedRecurrent {
@@ -106,13 +113,9 @@ impl StackedRecurrent {
         input: Tensor<3>,
         state: Option<RecurrentState>,
     ) -> (Tensor<3>, RecurrentState) {
-        let steps: Vec<Tensor<2>> = input
-            .swap_dims(0, 1)
-            .iter_dim(0)
-            .map(|step| step.squeeze_dim(0))
-            .collect();
-        let (outputs, state) = self.forward_steps(steps, state);
-        (Tensor::stack(outputs, 1), state)
+        let projected = self.layers[0].project_sequence(input.swap_dims(0, 1));
+        let (outputs, state) = self.forward_time_major(projected, None, state);
+        (outputs.swap_dims(0, 1), state)
     }
 
     /// Runs a sequence given as one `[batch_size, d_input]` tensor per step, and returns the top
@@ -122,12 +125,9 @@ impl StackedRecurrent {
         inputs: Vec<Tensor<2>>,
         state: Option<RecurrentState>,
     ) -> (Vec<Tensor<2>>, RecurrentState) {
-        let first = &self.layers[0];
-        let projected = inputs
-            .into_iter()
-            .map(|input| first.project_input(input))
-            .collect();
-        self.forward_projected(projected, state)
+        let projected = self.layers[0].project_sequence(Tensor::stack(inputs, 0));
+        let (outputs, state) = self.forward_time_major(projected, None, state);
+        (split_steps(outputs), state)
     }
 
     /// Like [`forward_steps`](Self::forward_steps), with the bottom layer's input projection
@@ -138,7 +138,8 @@ impl StackedRecurrent {
         projected: Vec<Tensor<2>>,
         state: Option<RecurrentState>,
     ) -> (Vec<Tensor<2>>, RecurrentState) {
-        self.forward_layers(projected, None, state)
+        let (outputs, state) = self.forward_time_major(Tensor::stack(projected, 0), None, state);
+        (split_steps(outputs), state)
     }
 
     /// Runs a right-padded batch: `mask` is 1 on a row's real steps and 0 on its padding, and a
@@ -159,72 +160,61 @@ impl StackedRecurrent {
         state: Option<RecurrentState>,
         reverse: bool,
     ) -> (Tensor<3>, RecurrentState) {
-        let first = &self.layers[0];
-        let mut projected: Vec<Tensor<2>> = input
-            .swap_dims(0, 1)
-            .iter_dim(0)
-            .map(|step| first.project_input(step.squeeze_dim(0)))
-            .collect();
-        let [batch_size, seq_length] = mask.dims();
-        let mut masks: Vec<Tensor<2>> = (0..seq_length)
-            .map(|t| mask.clone().slice([0..batch_size, t..t + 1]))
-            .collect();
+        let (mut input, mut mask) = (input.swap_dims(0, 1), mask.swap_dims(0, 1));
         if reverse {
-            projected.reverse();
-            masks.reverse();
+            input = input.flip([0]);
+            mask = mask.flip([0]);
         }
-        let (mut outputs, state) = self.forward_layers(projected, Some(masks), state);
+        let projected = self.layers[0].project_sequence(input);
+        let (mut outputs, state) = self.forward_time_major(projected, Some(mask), state);
         if reverse {
-            outputs.reverse();
+            outputs = outputs.flip([0]);
         }
-        (Tensor::stack(outputs, 1), state)
+        (outputs.swap_dims(0, 1), state)
     }
 
-    fn forward_layers(
+    /// Runs the layers over a time-major chunk whose bottom input projection is done: each
+    /// layer is one call of [`crate::ops::recurrence`], with dropout between layers.
+    ///
+    /// # Shapes
+    /// - projected: `[seq_len, batch_size, num_gates * d_hidden]`
+    /// - mask: `[seq_len, batch_size]`, 1 on real steps and 0 on padding
+    /// - output: `[seq_len, batch_size, d_hidden]`, the top layer's hidden vectors
+    pub fn forward_time_major(
         &self,
-        projected: Vec<Tensor<2>>,
-        masks: Option<Vec<Tensor<2>>>,
+        projected: Tensor<3>,
+        mask: Option<Tensor<2>>,
         state: Option<RecurrentState>,
-    ) -> (Vec<Tensor<2>>, RecurrentState) {
-        let batch_size = projected.first().map_or(0, |p| p.dims()[0]);
-        let state = state.unwrap_or_else(|| {
-            let device = projected
-                .first()
-                .map(Tensor::device)
-                .expect("a sequence of at least one step");
-            self.zero_state(batch_size, &device)
-        });
+    ) -> (Tensor<3>, RecurrentState) {
+        let [_, batch_size, _] = projected.dims();
+        let state = state.unwrap_or_else(|| self.zero_state(batch_size, &projected.device()));
         assert_eq!(state.num_layers(), self.num_layers(), "one state per layer");
-
         let mut final_states = Vec::with_capacity(self.num_layers());
         let mut layer_projected = projected;
-        let mut outputs = Vec::new();
-        for (k, (layer, mut layer_state)) in self.layers.iter().zip(state.layers).enumerate() {
-            if k > 0 {
-                layer_projected = outputs
-                    .drain(..)
-                    .map(|h| layer.project_input(self.dropout.forward(h)))
-                    .collect();
+        let mut outputs = None;
+        for (layer, layer_state) in self.layers.iter().zip(state.layers) {
+            if let Some(below) = outputs.take() {
+                layer_projected = layer.project_sequence(self.dropout.forward(below));
             }
-            outputs = Vec::with_capacity(layer_projected.len());
-            for (t, step_projected) in layer_projected.drain(..).enumerate() {
-                layer_state = match &masks {
-                    Some(masks) => {
-                        let next = layer.step_projected(step_projected, layer_state.clone());
-                        hold_on_padding(next, layer_state, masks[t].clone())
-                    }
-                    None => layer.step_projected(step_projected, layer_state),
-                };
-                outputs.push(layer_state.hidden.clone());
-            }
-            final_states.push(layer_state);
+            let (layer_outputs, final_state) =
+                layer.forward_projected(layer_projected.clone(), layer_state, mask.clone());
+            outputs = Some(layer_outputs);
+            final_states.push(final_state);
         }
         (
-            outputs,
+            outputs.expect("a stack has a layer"),
             RecurrentState {
                 layers: final_states,
             },
         )
+    }
+
+    /// The same stack with every layer running `kernel`.
+    pub fn with_kernel(mut self, kernel: Kernel) -> Self {
+        for layer in &mut self.layers {
+            layer.kernel = kernel;
+        }
+        self
     }
 
     /// One time step through every layer.
@@ -256,15 +246,11 @@ impl StackedRecurrent {
     }
 }
 
-/// `next` where `mask` is 1, `previous` where it is 0, row by row.
-fn hold_on_padding(next: LayerState, previous: LayerState, mask: Tensor<2>) -> LayerState {
-    let blend =
-        |next: Tensor<2>, previous: Tensor<2>| previous.clone() + (next - previous) * mask.clone();
-    LayerState {
-        hidden: blend(next.hidden, previous.hidden),
-        cell: match (next.cell, previous.cell) {
-            (Some(next), Some(previous)) => Some(blend(next, previous)),
-            _ => None,
-        },
-    }
+/// The steps of a time-major `[seq_len, batch_size, width]` tensor, one `[batch_size, width]`
+/// tensor each.
+fn split_steps(sequence: Tensor<3>) -> Vec<Tensor<2>> {
+    sequence
+        .iter_dim(0)
+        .map(|step| step.squeeze_dim(0))
+        .collect()
 }

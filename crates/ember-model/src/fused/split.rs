@@ -14,6 +14,8 @@ use std::ops::Range;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use ember_kernels::dispatch_simd;
+
 use super::gemm::{Packed, Right, matmul};
 use super::stepper::{SpinBarrier, unit_columns};
 use super::{

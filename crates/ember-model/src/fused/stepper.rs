@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use ember_kernels::dispatch_simd;
+
 use super::gemm::{Packed, Right, matmul};
 use super::{HeadWeights, HostState, LayerWeights, project_vocabulary, recurrent_step};
 use crate::CellKind;

@@ -18,7 +18,7 @@ thread_local! {
 
 /// A buffer of `len` values for a caller that writes every one before reading it: a reused
 /// buffer keeps its old values, which saves a pass over the memory.
-pub(crate) fn scratch(len: usize) -> Vec<f32> {
+pub fn scratch(len: usize) -> Vec<f32> {
     let mut buffer = take(len);
     buffer.truncate(len);
     buffer.resize(len, 0.0);
@@ -26,7 +26,7 @@ pub(crate) fn scratch(len: usize) -> Vec<f32> {
 }
 
 /// A copy of `values` in a reused buffer.
-pub(crate) fn copied(values: &[f32]) -> Vec<f32> {
+pub fn copied(values: &[f32]) -> Vec<f32> {
     let mut buffer = take(values.len());
     buffer.clear();
     buffer.extend_from_slice(values);
@@ -55,7 +55,7 @@ fn take(len: usize) -> Vec<f32> {
 }
 
 /// Gives `buffer` back for reuse on this thread.
-pub(crate) fn recycle(buffer: Vec<f32>) {
+pub fn recycle(buffer: Vec<f32>) {
     if buffer.capacity() < SMALLEST {
         return;
     }

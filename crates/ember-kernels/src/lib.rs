@@ -1,0 +1,17 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod activation;
+mod cell;
+#[doc(hidden)]
+pub mod cells;
+pub mod matmul;
+pub mod parallel;
+pub mod pool;
+mod recurrence;
+
+pub use cell::{CellKind, UnknownCell};
+pub use recurrence::{
+    RecurrenceGradients, RecurrenceInputs, RecurrenceOutputs, RecurrenceShape, backward,
+    calls_on_this_thread, forward,
+};

@@ -1,0 +1,155 @@
+//! The matrix products of the kernels, through the `gemm` crate.
+//!
+//! `gemm` reads the CPU's cache sizes and vector width at run time (AVX2, AVX-512, NEON), so the
+//! products need nothing measured on one machine. The kernels call it single-threaded: they run
+//! on threads of their own, one batch shard each.
+
+/// A matrix operand: its values and (row stride, column stride) in elements.
+#[derive(Debug, Clone, Copy)]
+pub struct Operand<'a> {
+    /// The values.
+    pub values: &'a [f32],
+    /// Elements between consecutive rows.
+    pub row_stride: usize,
+    /// Elements between consecutive columns.
+    pub col_stride: usize,
+}
+
+impl<'a> Operand<'a> {
+    /// A row-major `[_, width]` matrix.
+    pub fn rows(values: &'a [f32], width: usize) -> Self {
+        Operand {
+            values,
+            row_stride: width,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose of a row-major `[_, width]` matrix.
+    pub fn transposed(values: &'a [f32], width: usize) -> Self {
+        Operand {
+            values,
+            row_stride: 1,
+            col_stride: width,
+        }
+    }
+
+    fn reaches(&self, rows: usize, cols: usize) -> bool {
+        rows * cols == 0
+            || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.values.len()
+    }
+}
+
+/// `c = a b`, or `c += a b` if `accumulate`, for `a: [m, k]`, `b: [k, n]` and row-major
+/// `c: [m, n]`.
+///
+/// # Panics
+/// If an operand's strides reach outside its values.
+pub fn matmul(
+    (m, k, n): (usize, usize, usize),
+    a: Operand<'_>,
+    b: Operand<'_>,
+    accumulate: bool,
+    c: &mut [f32],
+) {
+    assert!(
+        a.reaches(m, k),
+        "the left operand is smaller than [{m}, {k}]"
+    );
+    assert!(
+        b.reaches(k, n),
+        "the right operand is smaller than [{k}, {n}]"
+    );
+    assert!(c.len() >= m * n, "the product is smaller than [{m}, {n}]");
+    if m * n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: the asserts above keep every element the strides reach inside its slice, and `c`
+    // is borrowed mutably, so it overlaps neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.values.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.values.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(m: usize, k: usize, n: usize, a: Operand<'_>, b: Operand<'_>) -> Vec<f32> {
+        let mut c = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k)
+                    .map(|p| {
+                        a.values[i * a.row_stride + p * a.col_stride]
+                            * b.values[p * b.row_stride + j * b.col_stride]
+                    })
+                    .sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn products_match_the_naive_sum_on_edge_shapes() {
+        for (m, k, n) in [
+            (0, 3, 2),
+            (2, 0, 3),
+            (1, 1, 1),
+            (3, 5, 7),
+            (17, 33, 65),
+            (1, 128, 512),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.5 - 1.0).collect();
+            for transposed in [false, true] {
+                let a = if transposed {
+                    Operand::transposed(&a, m)
+                } else {
+                    Operand::rows(&a, k)
+                };
+                let b = Operand::rows(&b, n);
+                let expected = naive(m, k, n, a, b);
+                let mut c = vec![1.0; m * n];
+                matmul((m, k, n), a, b, false, &mut c);
+                assert_eq!(c.len(), expected.len());
+                for (got, want) in c.iter().zip(&expected) {
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "[{m},{k},{n}]"
+                    );
+                }
+                matmul((m, k, n), a, b, true, &mut c);
+                for (got, want) in c.iter().zip(&expected) {
+                    assert!((got - 2.0 * want).abs() <= 1e-4 * (1.0 + want.abs()));
+                }
+            }
+        }
+    }
+}

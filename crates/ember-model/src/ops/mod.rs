@@ -1,0 +1,110 @@
+//! The operations of Ember's models that have kernels of their own.
+//!
+//! [`recurrence`] runs one recurrent layer over a chunk of steps. On Burn's CPU backends (Flex,
+//! NdArray, with or without autodiff) it runs the host kernels of `ember-kernels` behind a
+//! backend extension, whose autodiff node calls their backward pass; on every other backend
+//! (GPUs among them) it runs [`reference::recurrence`], the same computation composed of
+//! Burn's tensor primitives. Nothing above the op knows which ran: gradients flow into the
+//! projected inputs, the weights and the initial state either way.
+
+mod backend;
+pub mod reference;
+
+use burn::backend::{Dispatch, DispatchDevice};
+use burn::tensor::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+pub use backend::{RecurrenceBackend, RecurrenceGradientTensors};
+
+use crate::{CellKind, LayerState};
+
+/// Which implementation of the model's operations runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kernel {
+    /// The device decides: the host kernels on a CPU backend that has them, the reference
+    /// composition elsewhere.
+    #[default]
+    Auto,
+    /// The reference composition of tensor primitives everywhere.
+    Reference,
+}
+
+/// Whether `device` runs the host kernels: a CPU backend this crate has them for, with or
+/// without autodiff.
+pub fn has_host_kernels(device: &Device) -> bool {
+    let device = match device.as_dispatch() {
+        DispatchDevice::Autodiff(inner) => &**inner,
+        other => other,
+    };
+    match device {
+        #[cfg(feature = "flex")]
+        DispatchDevice::Flex(_) => true,
+        #[cfg(feature = "ndarray")]
+        DispatchDevice::NdArray(_) => true,
+        _ => false,
+    }
+}
+
+/// One recurrent layer over a chunk of steps, from already projected inputs.
+///
+/// The host kernels run on f32 inputs on a device that [has them](has_host_kernels); anything
+/// else runs the [reference](reference::recurrence).
+///
+/// A padding mask holds a row's state still on its padded steps: every new state is
+/// `s_{t-1} + m_t (s~_t - s_{t-1})`, and the output there is the state held.
+///
+/// # Shapes
+/// - projected: `[seq_len, batch_size, G * d_hidden]`, time-major, `x W_ih + b_ih`
+/// - weight_hh: `[d_hidden, G * d_hidden]`; bias_hh: `[G * d_hidden]`
+/// - state: `[batch_size, d_hidden]` per tensor, in and out
+/// - mask: `[seq_len, batch_size]`, 1 on real steps and 0 on padding
+/// - output: `[seq_len, batch_size, d_hidden]`, the hidden vector after every step
+pub fn recurrence(
+    cell: CellKind,
+    projected: Tensor<3>,
+    weight_hh: Tensor<2>,
+    bias_hh: Tensor<1>,
+    state: LayerState,
+    mask: Option<Tensor<2>>,
+    kernel: Kernel,
+) -> (Tensor<3>, LayerState) {
+    let [seq_len, batch_size, _] = projected.dims();
+    // The host kernels compute in f32; other precisions (f64 gradient checks) compose.
+    let f32_inputs = [projected.dtype(), weight_hh.dtype(), bias_hh.dtype()]
+        .iter()
+        .all(|dtype| *dtype == DType::F32);
+    let host = kernel == Kernel::Auto && has_host_kernels(&projected.device()) && f32_inputs;
+    if !host || seq_len == 0 {
+        return reference::recurrence(cell, projected, weight_hh, bias_hh, state, mask);
+    }
+    let d_hidden = state.hidden.dims()[1];
+    // The optional inputs' places are taken by the hidden state, which the op then ignores.
+    let masked = mask.is_some();
+    let cell_state = state.cell.unwrap_or_else(|| state.hidden.clone());
+    let mask = mask.unwrap_or_else(|| state.hidden.clone());
+    let (stacked, _) = <Dispatch as RecurrenceBackend>::recurrence_forward(
+        projected.into_dispatch(),
+        weight_hh.into_dispatch(),
+        bias_hh.into_dispatch(),
+        state.hidden.into_dispatch(),
+        cell_state.into_dispatch(),
+        mask.into_dispatch(),
+        cell,
+        masked,
+        false,
+    );
+    let stacked = Tensor::<3>::from_dispatch(stacked);
+    let row = |t: usize| {
+        stacked
+            .clone()
+            .slice([t..t + 1, 0..batch_size, 0..d_hidden])
+            .reshape([batch_size, d_hidden])
+    };
+    let state = LayerState {
+        hidden: row(seq_len),
+        cell: cell.has_cell_state().then(|| row(seq_len + 1)),
+    };
+    let outputs = stacked.slice([0..seq_len, 0..batch_size, 0..d_hidden]);
+    (outputs, state)
+}
