@@ -9,6 +9,8 @@ pub mod matmul;
 pub mod parallel;
 pub mod pool;
 mod recurrence;
+#[doc(hidden)]
+pub mod tile;
 
 pub use cell::{CellKind, UnknownCell};
 pub use recurrence::{

@@ -25,6 +25,15 @@ impl<'a> Operand<'a> {
         }
     }
 
+    /// A row-major matrix whose rows are `row_stride` apart.
+    pub fn rows_strided(values: &'a [f32], row_stride: usize) -> Self {
+        Operand {
+            values,
+            row_stride,
+            col_stride: 1,
+        }
+    }
+
     /// The transpose of a row-major `[_, width]` matrix.
     pub fn transposed(values: &'a [f32], width: usize) -> Self {
         Operand {

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use crate::activation::{add_into, tanh};
 use crate::cells::{gru_step, gru_step_backward, lstm_step, lstm_step_backward};
 use crate::matmul::{Operand, matmul};
+use crate::tile::{self, Packed, Right};
 use crate::{CellKind, dispatch_simd, parallel, pool};
 
 /// The sizes of one layer's chunk.
@@ -435,7 +436,8 @@ fn forward_shard_portable(
         CellKind::Gru => pool::scratch(count * g),
         _ => Vec::new(),
     };
-    let weight_hh = Operand::rows(inputs.weight_hh, g);
+    // Read once per step: packed once per chunk (a library product would pack it every step).
+    let weight_hh = Packed::new(inputs.weight_hh, (g, 1), h, g);
     for t in 0..steps {
         let step_gates = &mut gates[t * count * g..(t + 1) * count * g];
         let projected_rows = (t * batch + rows.start) * g..(t * batch + rows.end) * g;
@@ -444,13 +446,8 @@ fn forward_shard_portable(
         let previous = &done[t * width..];
         let next = &mut rest[..width];
         let recurrent = |out: &mut [f32]| {
-            matmul(
-                (count, h, g),
-                Operand::rows(previous, h),
-                weight_hh,
-                true,
-                out,
-            );
+            let weight_hh = Right::Packed(&weight_hh);
+            tile::matmul((count, h, g), previous, (h, 1), weight_hh, true, out);
         };
         match shape.cell {
             CellKind::Rnn => {
@@ -570,7 +567,8 @@ fn backward_shard_portable(
     } else {
         Vec::new()
     };
-    let weight_hh_t = Operand::transposed(arguments.weight_hh, g);
+    // W_hh^T, read once per step.
+    let weight_hh_t = Packed::new(arguments.weight_hh, (1, g), g, h);
     for t in (0..steps).rev() {
         let output_rows = (t * batch + rows.start) * h..(t * batch + rows.end) * h;
         add_into(&mut d_hidden, &arguments.d_outputs[output_rows]);
@@ -618,10 +616,11 @@ fn backward_shard_portable(
         } else {
             &d_projected[gate_span]
         };
-        matmul(
+        tile::matmul(
             (count, g, h),
-            Operand::rows(d_recurrent, g),
-            weight_hh_t,
+            d_recurrent,
+            (g, 1),
+            Right::Packed(&weight_hh_t),
             gru,
             &mut d_hidden,
         );

@@ -19,12 +19,11 @@ use burn::tensor::Tensor;
 
 use crate::CellKind;
 
-mod gemm;
 pub use ember_kernels::activation::add_into;
 use ember_kernels::activation::{exp, tanh};
 use ember_kernels::cells::{gru_step, lstm_step};
+use ember_kernels::tile::{Packed, Right, matmul};
 use ember_kernels::{dispatch_simd, pool};
-use gemm::{Packed, Right, matmul};
 
 /// A float tensor's values, row-major, as `f32` host memory.
 pub fn host_values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {

@@ -16,13 +16,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use ember_kernels::dispatch_simd;
 
-use super::gemm::{Packed, Right, matmul};
 use super::stepper::{SpinBarrier, unit_columns};
 use super::{
     HeadGradients, HeadWeights, HostState, LayerGradients, LayerWeights, add_into,
     gru_step_backward, head_loss, lstm_step_backward, pool, project_vocabulary, recurrent_step,
 };
 use crate::CellKind;
+use ember_kernels::tile::{Packed, Right, matmul};
 
 /// Bytes of every layer's recurrent weight from which [`prefers_split`] holds. Measured on 2
 /// cores (2 MB of L2 cache each), LSTM, old and new binaries alternating: 512 hidden units (4 MB)

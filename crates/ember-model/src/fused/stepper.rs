@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use ember_kernels::dispatch_simd;
 
-use super::gemm::{Packed, Right, matmul};
 use super::{HeadWeights, HostState, LayerWeights, project_vocabulary, recurrent_step};
 use crate::CellKind;
+use ember_kernels::tile::{Packed, Right, matmul};
 
 /// Bytes of recurrent weights from which a stepper runs on two threads. Measured on 2 cores,
 /// two threads stepped faster on every bench case, from 64 KB (a 1x64 LSTM, 1.1x) through 2x128

@@ -1,6 +1,9 @@
 //! The recurrence as a Burn backend extension: host kernels on the CPU backends, and one
 //! autodiff implementation whose backward node calls the kernels' backward pass.
 
+// NdArray is deprecated upstream, but it is one of the two CPU backends Ember supports.
+#![allow(deprecated)]
+
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -242,7 +245,6 @@ macro_rules! host_kernels {
 #[cfg(feature = "flex")]
 host_kernels!(burn::backend::Flex);
 #[cfg(feature = "ndarray")]
-#[allow(deprecated)]
 host_kernels!(burn::backend::NdArray);
 
 /// The autodiff node of the op: `N` differentiable inputs (projected, `W_hh`, `b_hh`, `h_0`,

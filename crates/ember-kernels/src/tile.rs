@@ -7,9 +7,10 @@
 //! its strides and the right one from panels of 64 columns, each contiguous, with masked loads
 //! and stores at the right edge. A right operand used many times (a recurrent weight, once per
 //! step) is packed once by the caller; any other is packed per call when enough rows share it.
-//! No thread is started. Elsewhere the products go to `matrixmultiply`.
+//! No thread is started. Elsewhere the products go to the `gemm` crate.
 
-use super::pool;
+use crate::matmul::Operand;
+use crate::pool;
 
 /// Columns per panel of a packed right operand: the width of a register tile.
 const PANEL: usize = 64;
@@ -25,7 +26,7 @@ fn has_avx512() -> bool {
 /// A right operand `[k, n]` laid out for the products: on CPUs with AVX-512, panels of 64
 /// columns, each `[k, 64]` and contiguous, the last one padded with zeros; elsewhere row-major.
 #[derive(Debug, Clone)]
-pub(crate) struct Packed {
+pub struct Packed {
     data: Vec<f32>,
     k: usize,
     n: usize,
@@ -34,7 +35,7 @@ pub(crate) struct Packed {
 
 impl Packed {
     /// Packs `b` (`[k, n]`, read through its strides).
-    pub(crate) fn new(b: &[f32], (row, col): (usize, usize), k: usize, n: usize) -> Packed {
+    pub fn new(b: &[f32], (row, col): (usize, usize), k: usize, n: usize) -> Packed {
         assert!(k * n == 0 || (k - 1) * row + (n - 1) * col < b.len());
         let mut packed = Packed::unfilled(k, n);
         // Row by row: a row-major source is read in order, which is what the prefetchers follow.
@@ -62,7 +63,7 @@ impl Packed {
 
     /// A `[k, n]` operand whose rows the caller sets with [`Packed::set_rows`] before any
     /// product reads them.
-    pub(crate) fn unfilled(k: usize, n: usize) -> Packed {
+    pub fn unfilled(k: usize, n: usize) -> Packed {
         let panels = has_avx512();
         // The padding of the last panel is never read: the tiles mask it.
         let len = if panels {
@@ -79,7 +80,7 @@ impl Packed {
     }
 
     /// Sets rows `first..` from row-major `rows` (`[count, n]`).
-    pub(crate) fn set_rows(&mut self, first: usize, rows: &[f32]) {
+    pub fn set_rows(&mut self, first: usize, rows: &[f32]) {
         let (k, n) = (self.k, self.n);
         assert!(rows.len().is_multiple_of(n.max(1)) && first * n + rows.len() <= k * n);
         if n == 0 {
@@ -113,7 +114,7 @@ impl Drop for Packed {
 
 /// The right operand of a product.
 #[derive(Clone, Copy)]
-pub(crate) enum Right<'a> {
+pub enum Right<'a> {
     /// Row-major `[k, n]` with this row stride; its columns are contiguous.
     Rows(&'a [f32], usize),
     /// Packed ahead, for products that reuse it.
@@ -125,7 +126,7 @@ const PACK_FROM_ROWS: usize = 24;
 
 /// `c = a b`, or `c += a b` if `accumulate`, for `a: [m, k]` read through `a_strides` (row
 /// stride, column stride) and row-major `c: [m, n]`.
-pub(crate) fn matmul(
+pub fn matmul(
     (m, k, n): (usize, usize, usize),
     a: &[f32],
     a_strides: (usize, usize),
@@ -191,7 +192,7 @@ pub(crate) fn matmul(
     portable((m, k, n), a, a_strides, b_values, b_row, accumulate, c);
 }
 
-/// [`matmul`] through `matrixmultiply`, for CPUs without AVX-512 (and the tests' reference).
+/// [`matmul`] through the `gemm` crate, for CPUs without AVX-512 (and the tests' reference).
 fn portable(
     (m, k, n): (usize, usize, usize),
     a: &[f32],
@@ -201,25 +202,18 @@ fn portable(
     accumulate: bool,
     c: &mut [f32],
 ) {
-    // SAFETY: `matmul`'s asserts keep every element the strides reach inside its slice.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            a_strides.0 as isize,
-            a_strides.1 as isize,
-            b.as_ptr(),
-            b_row_stride as isize,
-            1,
-            if accumulate { 1.0 } else { 0.0 },
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
+    let a = Operand {
+        values: a,
+        row_stride: a_strides.0,
+        col_stride: a_strides.1,
+    };
+    crate::matmul::matmul(
+        (m, k, n),
+        a,
+        Operand::rows_strided(b, b_row_stride),
+        accumulate,
+        c,
+    );
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -533,7 +527,7 @@ mod tests {
 
     /// Products whose left operand is read in blocks of rows or chunks of columns (it outgrows
     /// `A_BLOCK_BYTES`),
-    /// in place and transposed, with and without accumulation, against `matrixmultiply`: the
+    /// in place and transposed, with and without accumulation, against the `gemm` crate: the
     /// last block shorter than the others.
     #[test]
     fn products_in_blocks_of_rows_match_the_reference() {
