@@ -6,6 +6,7 @@ use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor};
 
+use crate::ops::Kernel;
 use crate::{CellKind, RecurrentState, StackedRecurrent, StackedRecurrentConfig};
 
 /// Configuration to create a [`CharLm`] with [`CharLmConfig::init`].
@@ -26,6 +27,10 @@ pub struct CharLmConfig {
     /// Dropout probability between recurrent layers, in training only.
     #[config(default = 0.0)]
     pub dropout: f64,
+    /// Which implementation of the recurrence runs: the device's choice, or the reference
+    /// composition of tensor primitives.
+    #[config(default = "Kernel::Auto")]
+    pub kernel: Kernel,
 }
 
 /// A character language model: `logits_t = head(rnn(embed(x))_t)`, the next-character
@@ -57,6 +62,7 @@ impl CharLmConfig {
         let rnn = StackedRecurrentConfig::new(self.cell, d_input, self.d_hidden)
             .with_num_layers(self.num_layers)
             .with_dropout(self.dropout)
+            .with_kernel(self.kernel)
             .init(device);
         let head = LinearConfig::new(self.d_hidden, self.vocab_size).init(device);
         CharLm {

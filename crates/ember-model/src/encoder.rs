@@ -7,6 +7,7 @@ use burn::nn::{Embedding, EmbeddingConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::ops::Kernel;
 use crate::{CellKind, RecurrentState, StackedRecurrent, StackedRecurrentConfig};
 
 /// Configuration to create a [`SequenceEncoder`] with [`SequenceEncoderConfig::init`].
@@ -30,6 +31,10 @@ pub struct SequenceEncoderConfig {
     /// Also read every sequence from its end back to its start, and join both readings.
     #[config(default = false)]
     pub bidirectional: bool,
+    /// Which implementation of the recurrence runs: the device's choice, or the reference
+    /// composition of tensor primitives.
+    #[config(default = "Kernel::Auto")]
+    pub kernel: Kernel,
 }
 
 /// Embeds token ids and reads them with a stack of recurrent layers, one row of a right-padded
@@ -74,6 +79,7 @@ impl SequenceEncoderConfig {
             StackedRecurrentConfig::new(self.cell, self.d_embed, self.d_hidden)
                 .with_num_layers(self.num_layers)
                 .with_dropout(self.dropout)
+                .with_kernel(self.kernel)
                 .init(device)
         };
         SequenceEncoder {

@@ -6,6 +6,7 @@ use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::tensor::activation::tanh;
 use burn::tensor::{Device, Int, Tensor};
 
+use crate::ops::Kernel;
 use crate::{
     CellKind, DecodeConfig, Hypothesis, LayerState, RecurrentState, StackedRecurrent,
     StackedRecurrentConfig, StepLoss, masked_cross_entropy,
@@ -29,6 +30,10 @@ pub struct SequenceDecoderConfig {
     /// Dropout probability between recurrent layers, in training only.
     #[config(default = 0.0)]
     pub dropout: f64,
+    /// Which implementation of the recurrence runs: the device's choice, or the reference
+    /// composition of tensor primitives.
+    #[config(default = "Kernel::Auto")]
+    pub kernel: Kernel,
 }
 
 /// A token decoder: from a given state, reads the previous token and predicts the next,
@@ -55,6 +60,7 @@ impl SequenceDecoderConfig {
             rnn: StackedRecurrentConfig::new(self.cell, self.d_embed, self.d_hidden)
                 .with_num_layers(self.num_layers)
                 .with_dropout(self.dropout)
+                .with_kernel(self.kernel)
                 .init(device),
             head: LinearConfig::new(self.d_hidden, self.vocab_size).init(device),
         }

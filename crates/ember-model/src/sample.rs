@@ -6,6 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::fused::{HeadWeights, HostState, HostStepper, host_values as host};
+use crate::ops::{Kernel, has_host_kernels};
 use crate::{CharLm, RecurrentState};
 
 /// How the next character is chosen from the model's distribution.
@@ -56,16 +57,29 @@ pub enum SampleError {
 /// An endless iterator of sampled character ids; take as many as you need.
 ///
 /// Created by [`CharLm::sampler`]. The model should be on a device without autodiff (see
-/// [`burn::module::Module::valid`]): sampling records no graph. Characters are stepped on the
-/// host by a [`HostStepper`], which on a machine with two cores keeps a second thread for as long
-/// as the sampler lives (asleep between characters).
+/// [`burn::module::Module::valid`]): sampling records no graph. On a CPU backend with host
+/// kernels, characters are stepped on the host by a [`HostStepper`], which on a machine with two
+/// cores keeps a second thread for as long as the sampler lives (asleep between characters);
+/// elsewhere (GPUs, or a model set to the reference kernel) by the model's own
+/// [`CharLm::step`] on its device.
 pub struct Sampler {
     logits: Vec<f32>,
     rng: ChaCha8Rng,
     config: SampleConfig,
+    stepping: Stepping,
+}
+
+/// Where a sampler's steps run.
+enum Stepping {
     /// The model's weights and state on the host, where a batch of one runs faster than
     /// through Burn's operations.
-    host: HostStepper,
+    Host(HostStepper),
+    /// The model itself, on its device.
+    Device {
+        model: CharLm,
+        state: RecurrentState,
+        device: Device,
+    },
 }
 
 impl CharLm {
@@ -100,8 +114,18 @@ impl CharLm {
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, prime.len()]), device);
         let (logits, state) = self.forward(ids, None);
         let last = logits.slice([0..1, prime.len() - 1..prime.len()]);
+        let host = has_host_kernels(device)
+            && self.rnn.layers.iter().all(|layer| layer.kernel == Kernel::Auto);
+        let stepping = match host {
+            true => Stepping::Host(self.host_stepper(&state, None)),
+            false => Stepping::Device {
+                model: self.clone(),
+                state,
+                device: device.clone(),
+            },
+        };
         Ok(Sampler {
-            host: self.host_stepper(&state, None),
+            stepping,
             logits: to_vec(last.reshape([vocab_size])),
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             config,
@@ -148,7 +172,10 @@ impl Sampler {
     /// The threads that step this sampler: two for a model large enough to pay for the second,
     /// on a machine with two cores or more; else one.
     pub fn threads(&self) -> usize {
-        if self.host.is_split() { 2 } else { 1 }
+        match &self.stepping {
+            Stepping::Host(host) if host.is_split() => 2,
+            _ => 1,
+        }
     }
 
     /// The next-character distribution the sampler will draw from, after temperature and top-k.
@@ -196,7 +223,19 @@ impl Iterator for Sampler {
 
     fn next(&mut self) -> Option<usize> {
         let id = self.choose();
-        self.logits = self.host.step(id);
+        self.logits = match &mut self.stepping {
+            Stepping::Host(host) => host.step(id),
+            Stepping::Device {
+                model,
+                state,
+                device,
+            } => {
+                let ids = Tensor::<1, Int>::from_data(TensorData::new(vec![id as i64], [1]), &*device);
+                let (logits, next) = model.step(ids, state.clone());
+                *state = next;
+                to_vec(logits.reshape([model.vocab_size()]))
+            }
+        };
         Some(id)
     }
 }
@@ -239,10 +278,7 @@ mod tests {
             let primed = model.forward(prime_ids, None).1;
             // One thread and two: the split stepper must give the same logits.
             let mut hosts = [1, 2].map(|threads| model.host_stepper(&primed, Some(threads)));
-            assert!(
-                !sampler.host.is_split(),
-                "a model this small steps on one thread"
-            );
+            assert_eq!(sampler.threads(), 1, "a model this small steps on one thread");
             let mut state = primed;
             for t in 0..40 {
                 let id = (t * 5 + 2) % 13;

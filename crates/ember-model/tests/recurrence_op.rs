@@ -259,3 +259,25 @@ fn char_lm_forward_takes_the_op_on_cpu_backends() {
         let _ = model.num_params();
     }
 }
+
+/// Greedy sampling steps on the host where the device has kernels and on the device with the
+/// reference kernel: both read the same model, so they draw the same characters.
+#[test]
+fn sampling_on_the_host_and_on_the_device_agree() {
+    for (backend, device) in devices() {
+        let model = CharLmConfig::new(11, CellKind::Lstm, 8)
+            .with_num_layers(2)
+            .with_d_embed(5)
+            .init(&device);
+        let mut reference = model.clone();
+        reference.rnn = reference.rnn.with_kernel(Kernel::Reference);
+        let config = || ember_model::SampleConfig::new().with_argmax(true);
+        let draw = |model: &ember_model::CharLm| -> Vec<usize> {
+            let sampler = model.sampler(&[3, 1, 4], config(), &device).expect("a valid prime");
+            sampler.take(40).collect()
+        };
+        let (fast, slow) = (draw(&model), draw(&reference));
+        assert_eq!(fast.len(), 40);
+        assert_eq!(fast, slow, "{backend}");
+    }
+}
