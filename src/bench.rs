@@ -17,6 +17,7 @@ use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, LstmConfig};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Int, Tensor};
+use ember_model::ops::Kernel;
 use ember_model::{CellKind, CharLm, CharLmConfig, SampleConfig};
 use serde::{Deserialize, Serialize};
 
@@ -85,9 +86,10 @@ struct Report {
     d_hidden: usize,
     batch_size: usize,
     seq_len: usize,
-    /// Training as `ember train` runs it: through the fused kernels where they apply.
+    /// Training as `ember train` runs it: Burn's autodiff and Adam over the model, whose
+    /// recurrence op runs the host kernels on a CPU backend.
     train_chars_per_sec: f64,
-    /// `fused` or `plain`: the path `train_chars_per_sec` measured.
+    /// The model's kernel setting `train_chars_per_sec` measured (`auto`).
     train_kernel: String,
     sample_chars_per_sec: f64,
     /// Megabytes of weights a sampling step reads: every `W_hh`, every `W_ih` but the bottom
@@ -103,9 +105,10 @@ struct Report {
     sample_fraction_of_bound: f64,
     /// Peak resident memory after training and sampling, before the baselines ran.
     peak_rss_mb: f64,
-    /// The plain path (Burn's autodiff over Ember's cells), same loop (fused cases only).
+    /// The same model and loop with `kernel = "reference"`: the recurrence composed of Burn's
+    /// tensor primitives.
     baseline_plain_train_chars_per_sec: Option<f64>,
-    /// Training throughput over the plain path's.
+    /// Training throughput over the reference composition's.
     ratio_to_plain: Option<f64>,
     /// `burn::nn::Lstm` stacked, same sizes and loop (LSTM cases only).
     baseline_burn_lstm_train_chars_per_sec: Option<f64>,
@@ -174,11 +177,12 @@ fn measure(case: &Case, device: &Device, budget: Duration) -> Report {
     train_device.seed(1);
     let chars = (case.batch_size * case.seq_len) as f64;
 
-    let new_model = || {
+    let new_model = |kernel| {
         train_device.seed(1);
         CharLmConfig::new(VOCAB, case.cell, case.d_hidden)
             .with_num_layers(case.num_layers)
             .with_d_embed(D_EMBED)
+            .with_kernel(kernel)
             .init(&train_device)
     };
     let (ids, targets) = random_ids(case, &train_device);
@@ -194,28 +198,8 @@ fn measure(case: &Case, device: &Device, budget: Duration) -> Report {
                 state = Some(next.detach());
             })
     };
-    let mut model = new_model();
-    let fused = ember_train::fused::supports(&model);
-    let train = if fused {
-        let mut optimizer = AdamConfig::new().init();
-        let mut state = model.zero_state(case.batch_size, &train_device);
-        chars
-            * steps_per_sec(budget, || {
-                let step = ember_train::fused::fused_step(
-                    &model,
-                    ids.clone(),
-                    targets.clone(),
-                    state.clone(),
-                    &train_device,
-                    0,
-                );
-                model = optimizer.step(LR, model.clone(), step.gradients);
-                state = step.state.detach();
-            })
-    } else {
-        plain_train(&mut model)
-    };
-
+    let mut model = new_model(Kernel::Auto);
+    let train = plain_train(&mut model);
     let valid = model.valid();
     let mut sampler = valid
         .sampler(&[0], SampleConfig::new().with_seed(1), device)
@@ -228,7 +212,7 @@ fn measure(case: &Case, device: &Device, budget: Duration) -> Report {
     let bound = read_bytes_per_sec / weight_bytes as f64;
     drop(sampler);
     let peak_rss_mb = peak_rss_mb();
-    let plain = fused.then(|| plain_train(&mut new_model()));
+    let plain = plain_train(&mut new_model(Kernel::Reference));
 
     let baseline = (case.cell == CellKind::Lstm).then(|| {
         let mut model = BurnLstmLm::new(case, &train_device);
@@ -250,15 +234,15 @@ fn measure(case: &Case, device: &Device, budget: Duration) -> Report {
         batch_size: case.batch_size,
         seq_len: case.seq_len,
         train_chars_per_sec: train.round(),
-        train_kernel: if fused { "fused" } else { "plain" }.into(),
+        train_kernel: Kernel::Auto.name().into(),
         sample_chars_per_sec: sample.round(),
         sample_weight_mb: round3(weight_bytes as f64 / 1e6),
         sample_read_gb_per_sec: round3(read_bytes_per_sec / 1e9),
         sample_bound_chars_per_sec: bound.round(),
         sample_fraction_of_bound: round3(sample / bound),
         peak_rss_mb,
-        baseline_plain_train_chars_per_sec: plain.map(f64::round),
-        ratio_to_plain: plain.map(|p| round3(train / p)),
+        baseline_plain_train_chars_per_sec: Some(plain.round()),
+        ratio_to_plain: Some(round3(train / plain)),
         baseline_burn_lstm_train_chars_per_sec: baseline.map(f64::round),
         ratio_to_burn_lstm: baseline.map(|b| round3(train / b)),
         pytorch_train_chars_per_sec: pytorch.map(|p| p.0),

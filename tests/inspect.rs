@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use common::*;
 use ember_model::LayerState;
-use ember_model::fused::host_values;
+use ember_model::ops::host_values;
 use ember_train::Run;
 use ember_train::inspect::group_digits;
 use ember_train::inspect::page::{LEVELS, activation_colour, loss_colour};

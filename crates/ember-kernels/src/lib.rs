@@ -9,6 +9,7 @@ pub mod matmul;
 pub mod parallel;
 pub mod pool;
 mod recurrence;
+mod stepper;
 #[doc(hidden)]
 pub mod tile;
 
@@ -17,3 +18,4 @@ pub use recurrence::{
     RecurrenceGradients, RecurrenceInputs, RecurrenceOutputs, RecurrenceShape, backward,
     calls_on_this_thread, forward,
 };
+pub use stepper::{HeadWeights, HostState, HostStepper, LayerWeights};

@@ -118,17 +118,25 @@ impl CharLm {
 
     /// The bottom layer's input projection of time-major ids, `[seq_len, batch_size]` to
     /// `[seq_len, batch_size, num_gates * d_hidden]`.
+    ///
+    /// Where the vocabulary has fewer entries than the chunk has positions, the embedding table
+    /// is projected once and its rows picked, as the one-hot input's rows of `W_ih` are: the same
+    /// values, with a product over the vocabulary instead of over every position.
     fn project_sequence(&self, ids: Tensor<2, Int>) -> Tensor<3> {
         let [seq_len, batch_size] = ids.dims();
         let first = &self.rnn.layers[0];
-        match &self.embedding {
-            Some(embedding) => first.project_sequence(embedding.forward(ids)),
-            None => {
-                let projected = first.project_one_hot(ids.reshape([seq_len * batch_size]));
-                let d_gates = projected.dims()[1];
-                projected.reshape([seq_len, batch_size, d_gates])
+        let positions = seq_len * batch_size;
+        let projected = match &self.embedding {
+            Some(embedding) if self.vocab_size() >= positions => {
+                return first.project_sequence(embedding.forward(ids));
             }
-        }
+            Some(embedding) => first
+                .project_input(embedding.weight.val())
+                .select(0, ids.reshape([positions])),
+            None => first.project_one_hot(ids.reshape([positions])),
+        };
+        let d_gates = projected.dims()[1];
+        projected.reshape([seq_len, batch_size, d_gates])
     }
 
     /// One step: the logits after reading one character per stream.

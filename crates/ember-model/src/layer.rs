@@ -5,7 +5,9 @@ use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::{Device, Int, Tensor};
 
-use crate::fused::{LayerWeights, host_values as host};
+use ember_kernels::LayerWeights;
+
+use crate::ops::host_values as host;
 use crate::ops::{self, Kernel};
 use crate::{CellKind, LayerState};
 
@@ -82,7 +84,7 @@ impl RecurrentLayer {
         self.weight_hh.dims()[0]
     }
 
-    /// The weights as host buffers, for the host kernels of [`crate::fused`].
+    /// The weights as host buffers, for the sampler's host stepper.
     pub fn host_weights(&self) -> LayerWeights {
         LayerWeights {
             cell: self.cell,

@@ -5,7 +5,6 @@ mod char_lm;
 mod classifier;
 mod decode;
 mod encoder;
-pub mod fused;
 mod generator;
 mod layer;
 mod loss;

@@ -5,7 +5,9 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::fused::{HeadWeights, HostState, HostStepper, host_values as host};
+use ember_kernels::{HeadWeights, HostState, HostStepper};
+
+use crate::ops::host_values as host;
 use crate::ops::{Kernel, has_host_kernels};
 use crate::{CharLm, RecurrentState};
 
@@ -115,7 +117,11 @@ impl CharLm {
         let (logits, state) = self.forward(ids, None);
         let last = logits.slice([0..1, prime.len() - 1..prime.len()]);
         let host = has_host_kernels(device)
-            && self.rnn.layers.iter().all(|layer| layer.kernel == Kernel::Auto);
+            && self
+                .rnn
+                .layers
+                .iter()
+                .all(|layer| layer.kernel == Kernel::Auto);
         let stepping = match host {
             true => Stepping::Host(self.host_stepper(&state, None)),
             false => Stepping::Device {
@@ -230,7 +236,8 @@ impl Iterator for Sampler {
                 state,
                 device,
             } => {
-                let ids = Tensor::<1, Int>::from_data(TensorData::new(vec![id as i64], [1]), &*device);
+                let ids =
+                    Tensor::<1, Int>::from_data(TensorData::new(vec![id as i64], [1]), &*device);
                 let (logits, next) = model.step(ids, state.clone());
                 *state = next;
                 to_vec(logits.reshape([model.vocab_size()]))
@@ -278,7 +285,11 @@ mod tests {
             let primed = model.forward(prime_ids, None).1;
             // One thread and two: the split stepper must give the same logits.
             let mut hosts = [1, 2].map(|threads| model.host_stepper(&primed, Some(threads)));
-            assert_eq!(sampler.threads(), 1, "a model this small steps on one thread");
+            assert_eq!(
+                sampler.threads(),
+                1,
+                "a model this small steps on one thread"
+            );
             let mut state = primed;
             for t in 0..40 {
                 let id = (t * 5 + 2) % 13;

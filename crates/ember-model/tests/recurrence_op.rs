@@ -273,7 +273,9 @@ fn sampling_on_the_host_and_on_the_device_agree() {
         reference.rnn = reference.rnn.with_kernel(Kernel::Reference);
         let config = || ember_model::SampleConfig::new().with_argmax(true);
         let draw = |model: &ember_model::CharLm| -> Vec<usize> {
-            let sampler = model.sampler(&[3, 1, 4], config(), &device).expect("a valid prime");
+            let sampler = model
+                .sampler(&[3, 1, 4], config(), &device)
+                .expect("a valid prime");
             sampler.take(40).collect()
         };
         let (fast, slow) = (draw(&model), draw(&reference));

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use ember_model::CellKind;
+use ember_model::ops::Kernel;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -119,6 +120,9 @@ pub struct ModelConfig {
     pub bidirectional: bool,
     /// `classify`: `last` (the final state), `mean` or `max` over the steps.
     pub pooling: ember_model::Pooling,
+    /// Which implementation of the recurrence runs: `auto` (the device's choice: host kernels
+    /// on a CPU backend, Burn's primitives elsewhere) or `reference` (Burn's primitives always).
+    pub kernel: Kernel,
 }
 
 impl Default for ModelConfig {
@@ -131,6 +135,7 @@ impl Default for ModelConfig {
             dropout: 0.0,
             bidirectional: false,
             pooling: ember_model::Pooling::Last,
+            kernel: Kernel::Auto,
         }
     }
 }
@@ -201,17 +206,16 @@ pub enum DivergencePolicy {
     Rollback,
 }
 
-/// How the recurrent layers of a language model train.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// `train.kernel`: how the recurrent layers trained before the choice became the model's
+/// (`model.kernel`). Still read from older configs and run directories, never written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Kernel {
-    /// `fused` where it applies (language models without dropout), `plain` elsewhere.
-    #[default]
+pub enum LegacyKernel {
+    /// Read as `model.kernel = "auto"`.
     Auto,
-    /// Whole-chunk host kernels for the recurrence, one batch shard per thread
-    /// (`ember_model::fused`).
+    /// Read as `model.kernel = "auto"`: the host kernels are the recurrence op's now.
     Fused,
-    /// Burn's autodiff over the cells' tensor primitives: the reference implementation.
+    /// Read as `model.kernel = "reference"`.
     Plain,
 }
 
@@ -239,10 +243,10 @@ pub struct TrainConfig {
     pub rollback_lr_factor: f64,
     /// The most rollbacks one `ember train` makes before it stops.
     pub max_rollbacks: u32,
-    /// How the recurrent layers train: `auto`, `fused` or `plain` (language models).
-    pub kernel: Kernel,
-    /// The threads the fused kernels split a batch over; 0 chooses: one shard per core, or on two
-    /// cores every layer's units in halves where the recurrent weights outgrow the L2 cache.
+    /// Older configs' name for `model.kernel` (`auto`, `fused`, `plain`); read, never written.
+    #[serde(skip_serializing)]
+    pub kernel: Option<LegacyKernel>,
+    /// The threads the recurrence kernels and Burn's CPU operations run on; 0: one per core.
     pub threads: usize,
 }
 
@@ -259,7 +263,7 @@ impl Default for TrainConfig {
             on_divergence: DivergencePolicy::Stop,
             rollback_lr_factor: 0.5,
             max_rollbacks: 3,
-            kernel: Kernel::Auto,
+            kernel: None,
             threads: 0,
         }
     }
@@ -304,6 +308,17 @@ impl RunConfig {
             RunConfig::deserialize(toml::Value::Table(table))
                 .map_err(|e: toml::de::Error| bad(e.to_string()))?
         };
+        let mut config = config;
+        if let Some(legacy) = config.train.kernel.take() {
+            config.model.kernel = match legacy {
+                LegacyKernel::Plain => Kernel::Reference,
+                LegacyKernel::Auto | LegacyKernel::Fused => Kernel::Auto,
+            };
+            log::warn!(
+                "{origin}: `train.kernel` is now `model.kernel`; read as `model.kernel = \"{}\"`",
+                config.model.kernel.name()
+            );
+        }
         config.validate().map_err(|message| {
             if blame_overrides {
                 TrainError::Config {
@@ -322,9 +337,11 @@ impl RunConfig {
     }
 
     /// The keys of `[data]`, `[model]` and `[task]` that a resumed run may change: where the
-    /// text lies, how much of it may be read, and how a sequence run trains and decodes.
-    pub const REOPENABLE: [&'static str; 5] = [
+    /// text lies, how much of it may be read, which implementation runs the recurrence, and how
+    /// a sequence run trains and decodes.
+    pub const REOPENABLE: [&'static str; 6] = [
         "data.path",
+        "model.kernel",
         "data.max_bytes",
         "task.step_loss",
         "task.beam_width",
@@ -366,20 +383,6 @@ impl RunConfig {
     /// The config as TOML, every value written out: itself a valid config file.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a run config serializes to TOML")
-    }
-
-    /// Whether the fused kernels can train this run's model.
-    pub fn fused_applies(&self) -> bool {
-        self.task.kind == TaskKind::LanguageModel && self.model.dropout == 0.0
-    }
-
-    /// Whether this run trains through the fused kernels.
-    pub fn uses_fused(&self) -> bool {
-        match self.train.kernel {
-            Kernel::Auto => self.fused_applies(),
-            Kernel::Fused => true,
-            Kernel::Plain => false,
-        }
     }
 
     /// Checks the values that types alone do not, naming the key at fault.
@@ -456,13 +459,6 @@ impl RunConfig {
         )?;
         positive("train.keep_checkpoints", self.train.keep_checkpoints)?;
         positive("train.log_every", self.train.log_every as usize)?;
-        if self.train.kernel == Kernel::Fused && !self.fused_applies() {
-            return Err(
-                "`train.kernel = \"fused\"` trains language models without dropout; \
-                 use `auto` or `plain` for this model"
-                    .into(),
-            );
-        }
         let factor = self.train.rollback_lr_factor;
         if !(factor > 0.0 && factor < 1.0) {
             return Err(format!(

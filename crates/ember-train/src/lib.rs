@@ -6,7 +6,6 @@ mod checkpoint;
 pub mod clip;
 mod config;
 mod error;
-pub mod fused;
 pub mod inspect;
 mod output;
 mod plot;
@@ -23,7 +22,7 @@ pub use checkpoint::{
     write_atomically,
 };
 pub use config::{
-    DataConfig, DivergencePolicy, Kernel, MAX_BEAM_WIDTH, ModelConfig, OptimizerConfig,
+    DataConfig, DivergencePolicy, LegacyKernel, MAX_BEAM_WIDTH, ModelConfig, OptimizerConfig,
     OptimizerKind, RunConfig, TaskConfig, TaskKind, TrainConfig,
 };
 pub use error::TrainError;

@@ -86,7 +86,7 @@ impl Run {
             on_progress(index * chunk_len, total);
             chunk
         });
-        let loss = mean_loss(&self.model, chunks, device, self.config.uses_fused());
+        let loss = mean_loss(&self.model, chunks, device);
         on_progress(total, total);
         if !loss.is_finite() {
             return Err(TrainError::Checkpoint {

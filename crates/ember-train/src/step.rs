@@ -77,8 +77,8 @@ impl GradientStep {
         Ok((model, loss_value, grad_norm))
     }
 
-    /// As [`apply_checked`](Self::apply_checked), from gradients computed elsewhere (the fused
-    /// kernels) and the loss they came from. Returns the updated model and the gradient norm.
+    /// As [`apply_checked`](Self::apply_checked), from gradients already taken (and perhaps
+    /// summed across processes) and the loss they came from. Returns the updated model and the gradient norm.
     pub fn apply_gradients_checked<M: Module>(
         &mut self,
         model: M,

@@ -242,6 +242,7 @@ fn encoder_config(config: &RunConfig, vocab: &TaskVocab) -> SequenceEncoderConfi
         .with_num_layers(model.num_layers)
         .with_dropout(model.dropout)
         .with_bidirectional(model.bidirectional)
+        .with_kernel(model.kernel)
 }
 
 fn padded<S: AsRef<[usize]>>(rows: &[S], device: &Device) -> (Tensor<2, Int>, PaddedBatch) {
@@ -322,7 +323,8 @@ impl SequenceTask for Seq2Seq {
         let decoder = SequenceDecoderConfig::new(vocab.tokens.len(), model.cell, model.d_hidden)
             .with_d_embed(model.d_embed)
             .with_num_layers(model.num_layers)
-            .with_dropout(model.dropout);
+            .with_dropout(model.dropout)
+            .with_kernel(model.kernel);
         Seq2SeqConfig::new(encoder_config(config, vocab), decoder).init(device)
     }
 

@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{CheckpointDir, Progress, char_lm_carried, write_atomically};
 use crate::config::RunConfig;
 use crate::error::io_error;
-use crate::fused::{fused_loss, fused_step};
 use crate::run_dir::{RunLock, absolute, create_run_dir, reopen_run, resume_checkpoint};
 use crate::step::{GradientStep, optimizer_for};
 use crate::{Evaluation, TrainError, Training};
@@ -213,29 +212,10 @@ impl Trainer {
             _ => self.model.zero_state(chunk.batch_size, &train_device),
         };
         let (inputs, targets) = chunk_tensors(&chunk, &train_device);
-        let (model, loss_value, grad_norm, state) = if self.config.uses_fused() {
-            let fused = fused_step(
-                &self.model,
-                inputs,
-                targets,
-                state,
-                &train_device,
-                self.config.train.threads,
-            );
-            let (model, grad_norm) = self.optimizer.apply_gradients_checked(
-                self.model.clone(),
-                fused.loss,
-                fused.gradients,
-                step,
-            )?;
-            (model, fused.loss, grad_norm, fused.state)
-        } else {
-            let (loss, state) = self.model.forward_loss(inputs, targets, Some(state));
-            let (model, loss_value, grad_norm) =
-                self.optimizer
-                    .apply_checked(self.model.clone(), loss, step)?;
-            (model, loss_value, grad_norm, state)
-        };
+        let (loss, state) = self.model.forward_loss(inputs, targets, Some(state));
+        let (model, loss_value, grad_norm) =
+            self.optimizer
+                .apply_checked(self.model.clone(), loss, step)?;
         self.model = model;
         self.carried = Some(state.detach());
         self.progress.step += 1;
@@ -255,7 +235,6 @@ impl Trainer {
             &self.model.valid(),
             val.all_chunks().take(limit),
             &self.device,
-            self.config.uses_fused(),
         ))
     }
 
@@ -345,11 +324,12 @@ pub fn model_config(config: &RunConfig, vocab_size: usize) -> CharLmConfig {
         .with_num_layers(config.model.num_layers)
         .with_d_embed(config.model.d_embed)
         .with_dropout(config.model.dropout)
+        .with_kernel(config.model.kernel)
 }
 
 /// `model` with every parameter drawn now, in declaration order. Burn draws a parameter's
-/// initial values when it is first read, so without this the order in which the fused and the
-/// plain path read them would give one seed two different models.
+/// initial values when it is first read, so without this the order in which a training step and
+/// a checkpoint read them could give one seed two different models.
 fn drawn<M: Module>(model: M) -> M {
     struct Draw;
     impl ModuleVisitor for Draw {
@@ -371,14 +351,8 @@ pub fn chunk_tensors(chunk: &Chunk, device: &Device) -> (Tensor<2, Int>, Tensor<
 }
 
 /// The mean next-character loss over `chunks`, read in order with the state carried between
-/// them (reset where a chunk starts an epoch), weighting every prediction equally; through the
-/// host kernels' forward pass if `fused`, else Burn's.
-pub fn mean_loss(
-    model: &CharLm,
-    chunks: impl Iterator<Item = Chunk>,
-    device: &Device,
-    fused: bool,
-) -> f64 {
+/// them (reset where a chunk starts an epoch), weighting every prediction equally.
+pub fn mean_loss(model: &CharLm, chunks: impl Iterator<Item = Chunk>, device: &Device) -> f64 {
     let mut state: Option<RecurrentState> = None;
     let (mut total, mut count) = (0.0, 0usize);
     for chunk in chunks {
@@ -386,15 +360,8 @@ pub fn mean_loss(
             state = None;
         }
         let (inputs, targets) = chunk_tensors(&chunk, device);
-        let (loss, next) = if fused {
-            let state = state
-                .take()
-                .unwrap_or_else(|| model.zero_state(chunk.batch_size, device));
-            fused_loss(model, inputs, targets, state, device)
-        } else {
-            let (loss, next) = model.forward_loss(inputs, targets, state.take());
-            (loss.into_scalar::<f64>(), next)
-        };
+        let (loss, next) = model.forward_loss(inputs, targets, state.take());
+        let loss = loss.into_scalar::<f64>();
         let predictions = chunk.batch_size * chunk.seq_len;
         total += loss * predictions as f64;
         count += predictions;

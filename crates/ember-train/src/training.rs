@@ -49,6 +49,7 @@ pub trait Training {
         on_record: &mut dyn FnMut(&MetricsRecord),
     ) -> Result<RunOutcome, TrainError> {
         let train_config = self.config().train.clone();
+        use_threads(train_config.threads);
         let metrics_path = self.run_dir().join(METRICS_FILE);
         let mut metrics = OpenOptions::new()
             .create(true)
@@ -132,5 +133,25 @@ pub trait Training {
             }
         }
         Ok(RunOutcome::Finished)
+    }
+}
+
+/// Sizes rayon's global pool, which the recurrence kernels and Burn's CPU backends share, to
+/// `threads` (0 leaves rayon's default, one per core). The pool is sized once per process: a
+/// later, different request is logged and ignored.
+fn use_threads(threads: usize) {
+    if threads == 0 {
+        return;
+    }
+    if rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .is_err()
+        && rayon::current_num_threads() != threads
+    {
+        log::warn!(
+            "`train.threads = {threads}` is ignored: this process already runs on {} threads",
+            rayon::current_num_threads()
+        );
     }
 }

@@ -30,6 +30,26 @@ pub enum Kernel {
     Reference,
 }
 
+impl Kernel {
+    /// The lower-case name configs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Auto => "auto",
+            Kernel::Reference => "reference",
+        }
+    }
+}
+
+/// A float tensor's values, row-major, as `f32` host memory: how the sampler's host stepper
+/// reads a model's weights.
+pub fn host_values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("values converted to f32")
+}
+
 /// Whether `device` runs the host kernels: a CPU backend this crate has them for, with or
 /// without autodiff.
 pub fn has_host_kernels(device: &Device) -> bool {

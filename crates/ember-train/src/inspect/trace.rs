@@ -3,7 +3,7 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ember_model::CharLm;
-use ember_model::fused::host_values;
+use ember_model::ops::host_values;
 
 /// How many characters of predictions the page keeps per position.
 pub const TOP_K: usize = 5;

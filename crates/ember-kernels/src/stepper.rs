@@ -13,11 +13,151 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use ember_kernels::dispatch_simd;
+use crate::activation::{add_into, tanh};
+use crate::cells::{gru_step, lstm_step};
+use crate::tile::{Packed, Right, matmul};
+use crate::{CellKind, dispatch_simd, pool};
 
-use super::{HeadWeights, HostState, LayerWeights, project_vocabulary, recurrent_step};
-use crate::CellKind;
-use ember_kernels::tile::{Packed, Right, matmul};
+/// The weights of one recurrent layer, as `ember-model`'s `RecurrentLayer` stores them.
+#[derive(Debug, Clone)]
+pub struct LayerWeights {
+    /// The recurrence the layer computes.
+    pub cell: CellKind,
+    /// `[d_input, G * d_hidden]`.
+    pub weight_ih: Vec<f32>,
+    /// `[d_hidden, G * d_hidden]`.
+    pub weight_hh: Vec<f32>,
+    /// `[G * d_hidden]`.
+    pub bias_ih: Vec<f32>,
+    /// `[G * d_hidden]`.
+    pub bias_hh: Vec<f32>,
+    /// The input width.
+    pub d_input: usize,
+    /// The hidden width.
+    pub d_hidden: usize,
+}
+
+impl LayerWeights {
+    fn gates(&self) -> usize {
+        self.cell.num_gates() * self.d_hidden
+    }
+
+    /// The bias added to the input projection: both biases where they are simply summed (RNN,
+    /// LSTM); GRU's reset gate scales its hidden projection with `b_hh`, which stays apart.
+    fn input_bias(&self) -> Vec<f32> {
+        match self.cell {
+            CellKind::Gru => self.bias_ih.clone(),
+            _ => self
+                .bias_ih
+                .iter()
+                .zip(&self.bias_hh)
+                .map(|(a, b)| a + b)
+                .collect(),
+        }
+    }
+}
+
+/// A layer's state, `[batch_size, d_hidden]` per vector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostState {
+    /// The hidden vector.
+    pub hidden: Vec<f32>,
+    /// The cell vector of an LSTM; empty for the other cells.
+    pub cell: Vec<f32>,
+}
+
+/// The output layer of a character model, `logits = hidden W + b`, on host memory.
+#[derive(Debug, Clone)]
+pub struct HeadWeights {
+    /// `W`, `[d_hidden, vocab_size]`.
+    pub weight: Vec<f32>,
+    /// `b`, `[vocab_size]`.
+    pub bias: Vec<f32>,
+}
+
+/// Every character's input projection through `weights`, bias included,
+/// `[vocab_size, G * d_hidden]`: the rows of `table` (`[vocab_size, d_input]`) times `W_ih`, or
+/// for one-hot inputs (`None`) the rows of `W_ih` themselves.
+fn project_vocabulary(weights: &LayerWeights, table: Option<&[f32]>) -> Vec<f32> {
+    let (d_in, g) = (weights.d_input, weights.gates());
+    let vocab = table.map_or(d_in, |table| table.len() / d_in);
+    let bias = weights.input_bias();
+    let mut projected = pool::scratch(vocab * g);
+    for row in projected.chunks_exact_mut(g) {
+        row.copy_from_slice(&bias);
+    }
+    match table {
+        Some(table) => matmul(
+            (vocab, d_in, g),
+            table,
+            (d_in, 1),
+            Right::Rows(&weights.weight_ih, g),
+            true,
+            &mut projected,
+        ),
+        None => add_into(&mut projected, &weights.weight_ih),
+    }
+    projected
+}
+
+/// The recurrent part of one step of a layer over `batch` rows, for the units whose gate
+/// columns `recurrent` (`W_hh`, packed) holds: every unit, or one thread's share. Adds
+/// `previous.0` (`[batch, d_hidden]`, the whole layer's hidden vectors) times `recurrent` to the
+/// step's input projection `step_gates` (`[batch, G u]`), runs the gate arithmetic, and writes
+/// the units' new hidden values (`[batch, u]`) into `next`. `previous.1` holds the units' own
+/// previous values (GRU), `bias_hh` their `b_hh` (GRU), `projected` room for their hidden
+/// projection (GRU), `cells` their previous and new cells (LSTM), `per_step` what the backward
+/// pass keeps of the step (LSTM, GRU).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn recurrent_step(
+    cell: CellKind,
+    (batch, d_hidden): (usize, usize),
+    previous: (&[f32], &[f32]),
+    recurrent: &Packed,
+    bias_hh: &[f32],
+    step_gates: &mut [f32],
+    projected: &mut [f32],
+    cells: (&[f32], &mut [f32]),
+    per_step: &mut [f32],
+    next: &mut [f32],
+) {
+    let g = step_gates.len() / batch.max(1);
+    let u = next.len() / batch.max(1);
+    // A thread's share of no units (a layer of one unit, halved) has nothing to step.
+    if u == 0 {
+        return;
+    }
+    let product = |out: &mut [f32]| {
+        matmul(
+            (batch, d_hidden, g),
+            previous.0,
+            (d_hidden, 1),
+            Right::Packed(recurrent),
+            true,
+            out,
+        )
+    };
+    match cell {
+        CellKind::Rnn => {
+            product(step_gates);
+            for (out, &pre) in next.iter_mut().zip(step_gates.iter()) {
+                *out = tanh(pre);
+            }
+        }
+        CellKind::Lstm => {
+            product(step_gates);
+            lstm_step(step_gates, cells.0, cells.1, per_step, next, u);
+        }
+        CellKind::Gru => {
+            for row in projected.chunks_exact_mut(g.max(1)) {
+                row.copy_from_slice(bias_hh);
+            }
+            product(projected);
+            gru_step(step_gates, projected, previous.1, per_step, next, u);
+        }
+    }
+}
 
 /// Bytes of recurrent weights from which a stepper runs on two threads. Measured on 2 cores,
 /// two threads stepped faster on every bench case, from 64 KB (a 1x64 LSTM, 1.1x) through 2x128
@@ -60,7 +200,7 @@ enum SliceInput {
 
 /// The columns of `matrix` (`[rows, gates * h]`) that feed `units`: in every gate block,
 /// `[rows, gates * units.len()]`.
-pub(super) fn unit_columns(
+pub(crate) fn unit_columns(
     matrix: &[f32],
     gates: usize,
     h: usize,
@@ -241,7 +381,7 @@ impl HiddenBuffers {
 /// A barrier for two threads that spins: the threads meet once per layer and character, far
 /// too often to sleep in between.
 #[derive(Debug, Default)]
-pub(super) struct SpinBarrier {
+pub(crate) struct SpinBarrier {
     arrived: AtomicUsize,
     generation: AtomicUsize,
     /// Set by a thread that panicked (see [`SpinBarrier::abandon_on_panic`]), so that the other
@@ -250,7 +390,7 @@ pub(super) struct SpinBarrier {
 }
 
 /// Abandons its barrier if dropped while its thread unwinds.
-pub(super) struct AbandonOnPanic<'a>(&'a SpinBarrier);
+pub(crate) struct AbandonOnPanic<'a>(&'a SpinBarrier);
 
 impl Drop for AbandonOnPanic<'_> {
     fn drop(&mut self) {
@@ -264,13 +404,13 @@ impl SpinBarrier {
     /// Returns once both threads have called it; `may_sleep` lets the caller sleep after a while
     /// of waiting (the worker, between characters). Panics if the other thread panicked instead:
     /// it will not come.
-    pub(super) fn wait(&self, may_sleep: bool) {
+    pub(crate) fn wait(&self, may_sleep: bool) {
         assert!(self.meet(may_sleep), "the other thread panicked");
     }
 
     /// A guard for the calling thread: should the thread panic while it holds the guard, the
     /// other stops waiting for it.
-    pub(super) fn abandon_on_panic(&self) -> AbandonOnPanic<'_> {
+    pub(crate) fn abandon_on_panic(&self) -> AbandonOnPanic<'_> {
         AbandonOnPanic(self)
     }
 
