@@ -590,6 +590,10 @@ pub(crate) fn decoding_guard<T>(
     dir: &Path,
     decode: impl FnOnce() -> Result<T, TrainError>,
 ) -> Result<T, TrainError> {
+    // The hook is process-wide: readers on several threads take turns, or one could restore
+    // another's silent hook for good.
+    static HOOK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = HOOK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode));
