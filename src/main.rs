@@ -13,12 +13,12 @@ use burn::module::Module;
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand};
 use ember_data::DataError;
-use ember_model::torch::TorchError;
+use ember_model::torch::{TorchError, TorchLayout};
 use ember_model::{SampleConfig, SampleError, Seq2Seq, SequenceClassifier, SequenceTagger};
 use ember_train::inspect::group_digits;
 use ember_train::{
-    CONFIG_FILE, DivergencePolicy, Inspection, MetricsRecord, Run, RunConfig, RunOutcome, TaskKind,
-    TaskRun, TaskTrainer, TrainError, Trainer, Training, plot_losses,
+    CONFIG_FILE, DivergencePolicy, Inspection, MetricsRecord, Run, RunConfig, RunInfo, RunOutcome,
+    TaskKind, TaskRun, TaskTrainer, TrainError, Trainer, Training, human_bytes, plot_losses,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -55,6 +55,8 @@ enum Command {
     ImportTorch(ImportTorchArgs),
     /// Write a run's newest weights as a PyTorch state dict (.safetensors).
     ExportTorch(ExportTorchArgs),
+    /// Describe a run: its config, step, best validation loss, size, checkpoints and backend.
+    Info(InfoArgs),
     /// Measure training and sampling throughput and peak memory, one JSON line per case.
     Bench(BenchArgs),
     /// List the backends compiled into this binary.
@@ -145,20 +147,41 @@ struct PredictArgs {
 
 #[derive(Args)]
 struct ImportTorchArgs {
-    /// `torch.save(model.state_dict())` (.pt) or the same as .safetensors, with the keys
-    /// embedding.weight, rnn.weight_ih_l{k}, rnn.weight_hh_l{k}, rnn.bias_ih_l{k},
-    /// rnn.bias_hh_l{k}, head.weight, head.bias.
+    /// `torch.save(model.state_dict())` (.pt) or the same as .safetensors, of a character model
+    /// named `embedding` (nn.Embedding, optional), `rnn` (nn.RNN/LSTM/GRU, batch_first) and
+    /// `head` (nn.Linear), or `encoder` / `rnn` / `decoder` as pytorch/examples'
+    /// word_language_model names them.
     #[arg(long)]
     state_dict: PathBuf,
-    /// The recurrence of the `rnn` module: rnn, lstm or gru.
+    /// The recurrence of the `rnn` module: rnn, lstm or gru (default: read from the tensors;
+    /// given, it must match them).
     #[arg(long)]
-    cell: ember_model::CellKind,
+    cell: Option<ember_model::CellKind>,
+    /// Rename the keys under prefix OLD to NEW before reading them (repeatable; whole dotted
+    /// components: `--rename fc=head` renames `fc.weight`, not `fc2.weight`; `--rename module=`
+    /// drops a prefix).
+    #[arg(long = "rename", value_name = "OLD=NEW", value_parser = parse_rename)]
+    renames: Vec<(String, String)>,
     /// The text whose sorted distinct characters are the model's vocabulary.
     #[arg(long)]
     vocab_from: PathBuf,
     /// The run directory to create.
     #[arg(long)]
     out: PathBuf,
+}
+
+/// `OLD=NEW` of `--rename`.
+fn parse_rename(text: &str) -> Result<(String, String), String> {
+    let (old, new) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected OLD=NEW, got `{text}`"))?;
+    let valid = |prefix: &str| !prefix.starts_with('.') && !prefix.ends_with('.');
+    if old.is_empty() || !valid(old) || !valid(new) {
+        return Err(format!(
+            "expected OLD=NEW with OLD a key prefix such as `fc` (no leading or trailing dot), got `{text}`"
+        ));
+    }
+    Ok((old.to_string(), new.to_string()))
 }
 
 #[derive(Args)]
@@ -169,6 +192,17 @@ struct ExportTorchArgs {
     /// The .safetensors file to write.
     #[arg(long)]
     out: PathBuf,
+    /// The module names to write: `reference` (embedding / rnn / head) or
+    /// `word-language-model` (encoder / rnn / decoder, as pytorch/examples names them).
+    #[arg(long, default_value = "reference")]
+    layout: TorchLayout,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    /// The run directory.
+    #[arg(long)]
+    run: PathBuf,
 }
 
 #[derive(Args)]
@@ -247,13 +281,16 @@ fn exit_status(error: &anyhow::Error) -> i32 {
         }
         if let Some(error) = cause.downcast_ref::<TrainError>() {
             return match error {
-                TrainError::Config { .. } | TrainError::Output { .. } => 2,
+                TrainError::Config { .. }
+                | TrainError::Output { .. }
+                | TrainError::TooLarge { .. } => 2,
                 TrainError::Data(_) | TrainError::Torch(_) => 3,
                 TrainError::NoRun(_)
                 | TrainError::NoCheckpoint(_)
                 | TrainError::Checkpoint { .. }
                 | TrainError::Mismatch { .. }
                 | TrainError::Locked(_)
+                | TrainError::Metrics { .. }
                 | TrainError::RunExists { .. }
                 | TrainError::NotEmpty { .. } => 4,
                 TrainError::Io { .. } | TrainError::Plot { .. } => 5,
@@ -301,20 +338,23 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::ImportTorch(args) => {
-            let model = ember_train::import_torch(
+            let imported = ember_train::import_torch(
                 &args.state_dict,
                 args.cell,
+                &args.renames,
                 &args.vocab_from,
                 &args.out,
                 &device,
             )?;
+            let model = &imported.model;
             println!(
-                "imported a {}-layer {} of hidden size {} over {} characters into {} \
+                "imported a {}-layer {} of hidden size {} over {} characters ({} layout) into {} \
                  (sample it: ember sample --run {})",
                 model.rnn.num_layers(),
-                args.cell,
+                imported.cell,
                 model.rnn.d_hidden(),
                 model.vocab_size(),
+                imported.layout,
                 args.out.display(),
                 args.out.display()
             );
@@ -322,10 +362,15 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::ExportTorch(args) => {
             expect_language_model(&args.run, "export-torch")?;
-            let tensors = ember_train::export_torch(&args.run, &args.out, &device)?;
-            println!("{} ({tensors} tensors)", args.out.display());
+            let tensors = ember_train::export_torch(&args.run, &args.out, args.layout, &device)?;
+            println!(
+                "{} ({tensors} tensors, {} layout)",
+                args.out.display(),
+                args.layout
+            );
             Ok(())
         }
+        Command::Info(args) => info(args, &device),
         Command::Devices => unreachable!("handled above"),
     }
 }
@@ -368,10 +413,11 @@ fn resumed_trainer(
 }
 
 fn train(args: TrainArgs, device: &Device, interactive: bool) -> Result<()> {
-    let (run_dir, mut trainer) = match (&args.config, &args.resume) {
+    let (run_dir, mut trainer, new_run) = match (&args.config, &args.resume) {
         (_, Some(run_dir)) => (
             run_dir.clone(),
             resumed_trainer(run_dir, &args.overrides, device)?,
+            None,
         ),
         (Some(config_path), None) => {
             // A config file that cannot be read is a command-line error, like a bad key in it.
@@ -383,21 +429,14 @@ fn train(args: TrainArgs, device: &Device, interactive: bool) -> Result<()> {
                 .run_dir
                 .clone()
                 .unwrap_or_else(|| default_run_dir(config_path));
+            let before = NewRunDir::before(&run_dir);
             let trainer = new_trainer(config, &run_dir, device)?;
-            (run_dir, trainer)
+            (run_dir, trainer, Some(before))
         }
         (None, None) => return Err(usage("give --config FILE for a new run or --resume DIR")),
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let handler_stop = stop.clone();
-    ctrlc::set_handler(move || {
-        if handler_stop.swap(true, Ordering::SeqCst) {
-            // A second Ctrl-C: leave at once; the last checkpoint on disk is intact.
-            std::process::exit(130);
-        }
-        eprintln!("\nstopping: saving a checkpoint (Ctrl-C again to quit at once)");
-    })
-    .context("installing the Ctrl-C handler")?;
+    let announcer = stop_on_signals(stop.clone())?;
 
     let total = trainer.config().train.steps;
     let bar = if interactive {
@@ -433,6 +472,10 @@ fn train(args: TrainArgs, device: &Device, interactive: bool) -> Result<()> {
             || train_config.on_divergence != DivergencePolicy::Rollback
             || rollbacks >= train_config.max_rollbacks
         {
+            // The trainer still holds the run's lock: nothing else can be in the directory.
+            if let Some(new_run) = &new_run {
+                new_run.remove_unless_checkpointed();
+            }
             return Err(error.into());
         }
         rollbacks += 1;
@@ -460,13 +503,139 @@ fn train(args: TrainArgs, device: &Device, interactive: bool) -> Result<()> {
                 run_dir.display()
             )
         }
-        RunOutcome::Interrupted => println!(
-            "stopped at step {}; checkpoint saved (resume: ember train --resume {})",
-            trainer.progress().step,
-            run_dir.display()
-        ),
+        RunOutcome::Interrupted => {
+            // The stop is announced before it is reported done.
+            let _ = announcer.join();
+            // A write error is ignored: after SIGHUP the terminal may be gone.
+            let _ = writeln!(
+                std::io::stdout(),
+                "stopped at step {}; checkpoint saved (resume: ember train --resume {})",
+                trainer.progress().step,
+                run_dir.display()
+            );
+        }
     }
     Ok(())
+}
+
+/// Raises `stop` on the first SIGINT (Ctrl-C), SIGTERM (schedulers, containers, service
+/// managers) or SIGHUP (a closed terminal), so that training saves a checkpoint of the current
+/// step and exits; a second one of any of them ends the process at once with 128 + its number,
+/// leaving the last checkpoint on disk intact.
+fn stop_on_signals(stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    use std::sync::atomic::{AtomicI32, AtomicUsize};
+    static RECEIVED: AtomicUsize = AtomicUsize::new(0);
+    static FIRST: AtomicI32 = AtomicI32::new(0);
+    for signal in [SIGINT, SIGTERM, SIGHUP] {
+        let stop = stop.clone();
+        // In the handler itself, with one atomic count: a queue read by a thread merges two of
+        // the same signal sent close together, and two handlers that interrupt each other must
+        // still tell first from second.
+        let action = move || {
+            if RECEIVED.fetch_add(1, Ordering::SeqCst) > 0 {
+                signal_hook::low_level::exit(128 + signal);
+            }
+            FIRST.store(signal, Ordering::SeqCst);
+            stop.store(true, Ordering::SeqCst);
+        };
+        // SAFETY: the action only touches atomics and calls `_exit`, all async-signal-safe.
+        unsafe { signal_hook::low_level::register(signal, action) }
+            .context("installing the signal handlers")?;
+    }
+    // Saying so is not async-signal-safe: a thread watches for the flag and says it.
+    Ok(std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let name = match FIRST.load(Ordering::SeqCst) {
+            SIGINT => "Ctrl-C",
+            SIGTERM => "SIGTERM",
+            SIGHUP => "SIGHUP",
+            _ => "a signal",
+        };
+        // Not eprintln!: after SIGHUP the terminal may be gone, and writing must not panic.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\nstopping on {name}: saving a checkpoint (a second signal quits at once)"
+        );
+    }))
+}
+
+/// What a new run's directory held before `ember train` created the run in it, so that a run
+/// that fails before its first checkpoint (which could neither resume to anything nor be
+/// created again under the same name) leaves nothing behind.
+struct NewRunDir {
+    dir: PathBuf,
+    /// The topmost of `dir` and its ancestors that did not exist yet.
+    created_from: Option<PathBuf>,
+    /// The names in `dir` already there.
+    existing: std::collections::BTreeSet<std::ffi::OsString>,
+}
+
+impl NewRunDir {
+    fn before(dir: &Path) -> Self {
+        let created_from = dir
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+            .last()
+            .map(Path::to_path_buf);
+        let existing = std::fs::read_dir(dir)
+            .map(|entries| entries.filter_map(|e| Some(e.ok()?.file_name())).collect())
+            .unwrap_or_default();
+        NewRunDir {
+            dir: dir.to_path_buf(),
+            created_from,
+            existing,
+        }
+    }
+
+    /// Removes what this command created, unless a checkpoint was saved (the run then resumes).
+    fn remove_unless_checkpointed(&self) {
+        // A checkpoints directory that cannot be listed may hold one: nothing is removed then.
+        if !ember_train::CheckpointDir::new(&self.dir)
+            .steps()
+            .is_ok_and(|steps| steps.is_empty())
+        {
+            return;
+        }
+        let removed = match &self.created_from {
+            Some(top) => std::fs::remove_dir_all(&self.dir).map(|()| {
+                // The parents this command made, as far as they are empty.
+                for parent in self.dir.ancestors().skip(1) {
+                    if parent.as_os_str().is_empty()
+                        || !parent.starts_with(top)
+                        || std::fs::remove_dir(parent).is_err()
+                    {
+                        break;
+                    }
+                }
+            }),
+            None => std::fs::read_dir(&self.dir).and_then(|entries| {
+                for entry in entries {
+                    let entry = entry?;
+                    if self.existing.contains(&entry.file_name()) {
+                        continue;
+                    }
+                    match entry.file_type()?.is_dir() {
+                        true => std::fs::remove_dir_all(entry.path())?,
+                        false => std::fs::remove_file(entry.path())?,
+                    }
+                }
+                Ok(())
+            }),
+        };
+        match removed {
+            Ok(()) => eprintln!(
+                "no checkpoint was saved: removed the run from {}",
+                self.dir.display()
+            ),
+            Err(error) => eprintln!(
+                "no checkpoint was saved, and removing the run from {} failed: {error}",
+                self.dir.display()
+            ),
+        }
+    }
 }
 
 fn default_run_dir(config_path: &Path) -> PathBuf {
@@ -543,10 +712,15 @@ fn eval(args: EvalArgs, device: &Device) -> Result<()> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} characters  eta {eta}")
             .expect("a valid template"),
     );
-    let report = run.evaluate_file(&args.text, 256, device, &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
+    let report = run.evaluate_file(
+        &args.text,
+        ember_train::EVAL_CHUNK,
+        device,
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
     bar.finish_and_clear();
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
@@ -615,6 +789,79 @@ fn predict(args: PredictArgs, device: &Device) -> Result<()> {
     for answer in answers {
         writeln!(out, "{answer}")?;
     }
+    Ok(())
+}
+
+fn info(args: InfoArgs, device: &Device) -> Result<()> {
+    let info = RunInfo::read(&args.run, device)?;
+    let config = &info.config;
+    let model = &config.model;
+    let task = serde_json::to_value(config.task.kind)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "run          {}", info.dir.display())?;
+    writeln!(out, "task         {}", task.as_str().unwrap_or("?"))?;
+    writeln!(
+        out,
+        "model        {} {} layers of {} (embedding {}, dropout {}): {} parameters, {} as f32",
+        model.num_layers,
+        model.cell,
+        model.d_hidden,
+        model.d_embed,
+        model.dropout,
+        group_digits(info.parameters),
+        human_bytes(info.parameters as f64 * 4.0)
+    )?;
+    let newest = info.checkpoints.last().map(|&(step, _)| step);
+    writeln!(
+        out,
+        "step         {} of train.steps = {}",
+        newest.map_or("none (no checkpoint yet)".into(), |s| format!(
+            "{s} (newest checkpoint)"
+        )),
+        config.train.steps
+    )?;
+    if let Some((step, loss)) = info.last_logged {
+        writeln!(out, "last logged  step {step}, training loss {loss:.4}")?;
+    }
+    let best = |best: Option<(u64, f64)>| {
+        best.map_or("none logged".into(), |(step, value)| {
+            format!("{value:.4} at step {step}")
+        })
+    };
+    writeln!(out, "best val     loss {}", best(info.best_val_loss))?;
+    if config.task.kind != TaskKind::LanguageModel {
+        writeln!(
+            out,
+            "best val     accuracy {}",
+            best(info.best_val_accuracy)
+        )?;
+    }
+    writeln!(
+        out,
+        "trained on   {}",
+        info.backend
+            .as_deref()
+            .unwrap_or("not recorded (imported, or an older checkpoint)")
+    )?;
+    let sizes: Vec<String> = info
+        .checkpoints
+        .iter()
+        .map(|&(step, bytes)| format!("step {step} {}", human_bytes(bytes as f64)))
+        .collect();
+    let total: u64 = info.checkpoints.iter().map(|&(_, bytes)| bytes).sum();
+    writeln!(
+        out,
+        "checkpoints  {}: {} ({} together)",
+        sizes.len(),
+        sizes.join(", "),
+        human_bytes(total as f64)
+    )?;
+    writeln!(
+        out,
+        "config       {}:",
+        args.run.join(CONFIG_FILE).display()
+    )?;
+    writeln!(out, "{}", info.config_text.trim_end())?;
     Ok(())
 }
 

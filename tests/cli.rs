@@ -238,6 +238,100 @@ fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
     run_ok(&mut resume(&run_dir, &["train.steps=1"]));
 }
 
+/// SIGTERM (how SLURM, Kubernetes, Docker and systemd stop a job) and SIGHUP (a closed
+/// terminal) stop training as Ctrl-C does: a checkpoint of the current step, status 0, and the
+/// resumed run logs the same losses, step for step, as one that never stopped.
+#[cfg(unix)]
+#[test]
+fn sigterm_and_sighup_checkpoint_and_resume_to_the_same_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    // No checkpoint but the stop's own and the last: the resume can only start from the stop.
+    let settings = [
+        "train.steps=400",
+        "train.checkpoint_every=100000",
+        "train.eval_every=0",
+    ];
+    let straight = dir.path().join("straight");
+    run_ok(&mut train(&straight, &settings));
+    for signal in ["TERM", "HUP"] {
+        let run_dir = dir.path().join(signal);
+        let mut child = train(&run_dir, &settings)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for(
+            &run_dir.join("metrics.jsonl"),
+            &mut child,
+            Duration::from_secs(120),
+        );
+        send_signal(&child, signal);
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "SIG{signal}: {:?} {stderr}",
+            output.status
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("stopped at step"), "SIG{signal}: {stdout}");
+        assert!(stderr.contains(&format!("SIG{signal}")), "{stderr}");
+        let steps: Vec<String> = std::fs::read_dir(run_dir.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(steps.len(), 1, "SIG{signal}: {steps:?}");
+        assert_ne!(
+            steps[0], "step-00000400",
+            "SIG{signal} came after the run ended"
+        );
+        run_ok(&mut resume(&run_dir, &[]));
+        assert_eq!(losses(&run_dir), losses(&straight), "SIG{signal}");
+    }
+}
+
+/// `ember info` describes a run without loading it: 18,033 parameters is the smoke model's
+/// count (LSTM 2x32, embedding 16, 65 characters: the PyTorch `lstm` fixture's size), the best
+/// validation loss is the lowest `val_loss` of `metrics.jsonl`, and the backend is the one that
+/// trained the newest checkpoint.
+#[test]
+fn info_describes_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    run_ok(&mut train(&run_dir, &[]));
+    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    let best = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|r| Some((r["val_loss"].as_f64()?, r["step"].as_u64()?)))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .unwrap();
+    let info = |device: &str| {
+        let output = run_ok(
+            ember()
+                .args(["--device", device, "info", "--run"])
+                .arg(&run_dir),
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let stdout = info("flex");
+    for expected in [
+        "task         language-model".to_string(),
+        "2 lstm layers of 32 (embedding 16, dropout 0): 18,033 parameters".into(),
+        "step         40 (newest checkpoint) of train.steps = 40".into(),
+        format!("best val     loss {:.4} at step {}", best.0, best.1),
+        "trained on   flex".into(),
+        "checkpoints  3: step 20 ".into(),
+        "d_hidden = 32".into(),
+    ] {
+        assert!(stdout.contains(&expected), "{expected:?} not in {stdout}");
+    }
+    // Resumed on the other backend, the newest checkpoint says so.
+    let mut command = resume(&run_dir, &["train.steps=50"]);
+    run_ok(command.args(["--device", "ndarray"]));
+    assert!(info("flex").contains("trained on   ndarray"));
+}
+
 #[test]
 fn sampling_with_one_seed_gives_one_text() {
     let dir = tempfile::tempdir().unwrap();

@@ -13,10 +13,15 @@ use std::process::{Command, Stdio};
 use common::*;
 
 /// README commands that other tests run, and which.
-const RUN_ELSEWHERE: [(&str, &str); 4] = [
+const RUN_ELSEWHERE: [(&str, &str); 5] = [
     (
         "cargo build --release",
         "every end-to-end test: it runs the binary this command builds",
+    ),
+    (
+        "cargo install --path .",
+        "no test: it writes into ~/.cargo/bin and builds Burn again with other features; it \
+         builds the binary every end-to-end test runs",
     ),
     (
         "cargo test --release --workspace --features ndarray",

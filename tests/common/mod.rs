@@ -16,12 +16,17 @@ pub fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// The PyTorch fixtures: `EMBER_FIXTURES`, else `../shared/fixtures/torch`.
+/// The PyTorch reference fixtures: `EMBER_FIXTURES`, else `tests/fixtures/torch`.
 pub fn fixtures() -> PathBuf {
     match std::env::var_os("EMBER_FIXTURES") {
         Some(dir) => PathBuf::from(dir),
-        None => repo("../shared/fixtures/torch"),
+        None => repo("tests/fixtures/torch"),
     }
+}
+
+/// Character models in the layouts PyTorch users save: `tests/fixtures/torch-layouts`.
+pub fn layout_fixtures() -> PathBuf {
+    repo("tests/fixtures/torch-layouts")
 }
 
 pub fn run_ok(command: &mut Command) -> Output {

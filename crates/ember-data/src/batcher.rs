@@ -153,7 +153,7 @@ mod tests {
     use proptest::prelude::*;
 
     /// The fixture's batch: 4 streams of the validation split, `input = streams[:, 0:20]`,
-    /// `target = streams[:, 1:21]` (shared/fixtures/torch/README.md), here on a stand-in split
+    /// `target = streams[:, 1:21]` (tests/fixtures/torch/README.md), here on a stand-in split
     /// whose ids are their own positions.
     #[test]
     fn layout_matches_batchify() {

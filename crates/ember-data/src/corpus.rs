@@ -226,7 +226,7 @@ mod tests {
     }
 
     /// The fixture's split: `n_train = int(0.9 * 1115394) = 1003854`, validation the remaining
-    /// 111,540 (shared/fixtures/torch/README.md).
+    /// 111,540 (tests/fixtures/torch/README.md).
     #[test]
     fn split_matches_the_pytorch_fixture() {
         let splits = Splits::by_fraction(1_115_394, 0.1, 0.0).unwrap();

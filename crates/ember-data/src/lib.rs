@@ -1,17 +1,4 @@
-//! Character corpora for Ember: the vocabulary, loading a text as ids, contiguous splits, and
-//! the stream batcher that feeds truncated backpropagation through time; and datasets of whole
-//! sequences (`label<TAB>text`, `source<TAB>target`) with padded batches.
-//!
-//! ```no_run
-//! use ember_data::{Corpus, Splits, StreamBatcher};
-//!
-//! let corpus = Corpus::load("data/tinyshakespeare.txt".as_ref())?;
-//! let splits = Splits::by_fraction(corpus.len(), 0.1, 0.0)?;
-//! let train = StreamBatcher::new(&corpus.ids[splits.train], 32, 64, "train")?;
-//! let chunk = train.chunk(0); // [32, 64] inputs and next-character targets
-//! assert_eq!(chunk.inputs.len(), 32 * 64);
-//! # Ok::<(), ember_data::DataError>(())
-//! ```
+#![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
 mod batcher;

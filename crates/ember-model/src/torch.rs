@@ -4,9 +4,16 @@
 //! (`batch_first=True`) named `rnn`, and `nn.Linear(H, V)` named `head`: keys `embedding.weight`,
 //! `rnn.{weight_ih,weight_hh,bias_ih,bias_hh}_l{k}`, `head.weight`, `head.bias`. A model
 //! without `embedding.weight` whose first layer reads `V` inputs is taken as one-hot.
+//!
+//! Other layouts reach it by renaming key prefixes ([`StateDict::rename_prefixes`]); the layout
+//! of pytorch/examples' `word_language_model` (`encoder` / `rnn` / `decoder`, which char-rnn
+//! ports for PyTorch share) is recognised on its own ([`TorchLayout`]). The cell and every size
+//! are read from the tensors ([`StateDict::cell_kind`]).
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use burn::module::Param;
 use burn::store::pytorch_reader::{self, PytorchReader};
@@ -49,6 +56,40 @@ pub enum TorchError {
     /// A key the layout does not have.
     #[error("unexpected key `{0}` in the state dict (not part of the {1} layout)")]
     UnexpectedKey(String, CellKind),
+    /// A key the layout needs is absent: the keys found, and the prefix renaming that would
+    /// supply it where one fits.
+    #[error(
+        "missing key `{missing}` in the state dict; it holds {}{}",
+        found.join(", "),
+        rename_advice(rename)
+    )]
+    Layout {
+        /// The key the reference layout needs.
+        missing: String,
+        /// Every key in the state dict.
+        found: Vec<String>,
+        /// `(old prefix, new prefix)` pairs that would supply the layout's modules.
+        rename: Vec<(String, String)>,
+    },
+    /// The recurrence in the tensors is not the one asked for.
+    #[error(
+        "the state dict holds a {found} (`{key}` has {rows} rows, {gates} gate(s) of {d_hidden}) \
+         but {expected} was asked for; leave the cell out to take it from the tensors"
+    )]
+    Cell {
+        /// The cell asked for.
+        expected: CellKind,
+        /// The cell the tensors hold.
+        found: CellKind,
+        /// The key whose shape says so.
+        key: String,
+        /// Its rows.
+        rows: usize,
+        /// Gate blocks among them.
+        gates: usize,
+        /// The hidden size.
+        d_hidden: usize,
+    },
     /// A tensor of an element type that is not floating point.
     #[error("key `{key}` holds {dtype} values; only float tensors can be weights")]
     Dtype {
@@ -57,6 +98,20 @@ pub enum TorchError {
         /// The element type found.
         dtype: String,
     },
+}
+
+fn rename_advice(rename: &[(String, String)]) -> String {
+    if rename.is_empty() {
+        return String::new();
+    }
+    let flags: Vec<String> = rename
+        .iter()
+        .map(|(from, to)| format!("--rename {from}={to}"))
+        .collect();
+    format!(
+        "; renaming would fit it (ember import-torch {})",
+        flags.join(" ")
+    )
 }
 
 /// A tensor held on the host in `f32`, in PyTorch's shape.
@@ -75,7 +130,188 @@ pub struct StateDict {
     pub tensors: BTreeMap<String, HostTensor>,
 }
 
+/// How a character model's modules are named in a PyTorch state dict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TorchLayout {
+    /// `embedding` (`nn.Embedding`), `rnn`, `head` (`nn.Linear`): Ember's own names.
+    Reference,
+    /// `encoder` (`nn.Embedding`), `rnn`, `decoder` (`nn.Linear`): pytorch/examples'
+    /// `word_language_model`, and the char-rnn ports for PyTorch.
+    WordLanguageModel,
+}
+
+impl TorchLayout {
+    /// Every layout, in a fixed order.
+    pub const ALL: [TorchLayout; 2] = [TorchLayout::Reference, TorchLayout::WordLanguageModel];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            TorchLayout::Reference => "reference",
+            TorchLayout::WordLanguageModel => "word-language-model",
+        }
+    }
+
+    /// `(reference prefix, this layout's prefix)` for every module named differently.
+    fn renames(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            TorchLayout::Reference => &[],
+            TorchLayout::WordLanguageModel => &[("embedding", "encoder"), ("head", "decoder")],
+        }
+    }
+
+    /// The layout whose head a state dict holds (the reference layout when neither fits).
+    pub fn detect(state_dict: &StateDict) -> TorchLayout {
+        let has = |key: &str| state_dict.tensors.contains_key(key);
+        if !has("head.weight") && has("decoder.weight") {
+            TorchLayout::WordLanguageModel
+        } else {
+            TorchLayout::Reference
+        }
+    }
+}
+
+impl fmt::Display for TorchLayout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The error of parsing a [`TorchLayout`] from a name that is none of them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown layout `{0}`: expected reference or word-language-model")]
+pub struct UnknownLayout(pub String);
+
+impl FromStr for TorchLayout {
+    type Err = UnknownLayout;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        TorchLayout::ALL
+            .into_iter()
+            .find(|layout| layout.name().eq_ignore_ascii_case(name))
+            .ok_or_else(|| UnknownLayout(name.to_string()))
+    }
+}
+
+/// `key` with its leading dotted prefix `from` replaced by `to` (`encoder.weight` with
+/// `encoder` -> `embedding` is `embedding.weight`; an empty `to` drops the prefix, an empty
+/// `from` adds one); `None` when `key` does not start with the whole components of `from`.
+fn renamed(key: &str, from: &str, to: &str) -> Option<String> {
+    let rest = if from.is_empty() {
+        key
+    } else if key == from {
+        ""
+    } else {
+        key.strip_prefix(from)?.strip_prefix('.')?
+    };
+    Some(match (to.is_empty(), rest.is_empty()) {
+        (true, _) => rest.to_string(),
+        (false, true) => to.to_string(),
+        (false, false) => format!("{to}.{rest}"),
+    })
+}
+
 impl StateDict {
+    /// Renames key prefixes, `(old, new)`, whole dotted components only: `("fc", "head")`
+    /// turns `fc.weight` into `head.weight` but leaves `fc2.weight`. The first pair that
+    /// matches a key applies. Returns how many keys were renamed.
+    pub fn rename_prefixes(&mut self, renames: &[(String, String)]) -> usize {
+        let mut count = 0;
+        self.tensors = std::mem::take(&mut self.tensors)
+            .into_iter()
+            .map(|(key, tensor)| {
+                let new = renames
+                    .iter()
+                    .find_map(|(from, to)| renamed(&key, from, to));
+                count += usize::from(new.as_ref().is_some_and(|new| *new != key));
+                (new.unwrap_or(key), tensor)
+            })
+            .collect();
+        count
+    }
+
+    /// This state dict, of `layout`, in the reference layout.
+    pub fn into_reference(mut self, layout: TorchLayout) -> Self {
+        let renames: Vec<(String, String)> = layout
+            .renames()
+            .iter()
+            .map(|(reference, other)| (other.to_string(), reference.to_string()))
+            .collect();
+        self.rename_prefixes(&renames);
+        self
+    }
+
+    /// This state dict (of the reference layout) in `layout`.
+    pub fn into_layout(mut self, layout: TorchLayout) -> Self {
+        let renames: Vec<(String, String)> = layout
+            .renames()
+            .iter()
+            .map(|(reference, other)| (reference.to_string(), other.to_string()))
+            .collect();
+        self.rename_prefixes(&renames);
+        self
+    }
+
+    /// The recurrence of the reference layout's `rnn`, from the shape of `rnn.weight_hh_l0`
+    /// (`[gates * d_hidden, d_hidden]`: 1 gate a tanh RNN, 3 a GRU, 4 an LSTM). A state dict
+    /// without the key is the layout error that lists what it holds.
+    pub fn cell_kind(&self) -> Result<CellKind, TorchError> {
+        let key = layer_key("weight_hh", 0);
+        self.check_layout(&key)?;
+        let [rows, d_hidden] = dims2(self.shape_of(&key, 2)?);
+        let gates = if d_hidden == 0 { 0 } else { rows / d_hidden };
+        CellKind::ALL
+            .into_iter()
+            .find(|cell| cell.num_gates() == gates && gates * d_hidden == rows)
+            .ok_or_else(|| TorchError::Shape {
+                key,
+                expected: vec![d_hidden, d_hidden],
+                found: vec![rows, d_hidden],
+            })
+    }
+
+    /// Checks that `key` (a key the reference layout needs) is present; if not, the error lists
+    /// the keys found and the prefix renamings that would supply the layout's modules.
+    fn check_layout(&self, key: &str) -> Result<(), TorchError> {
+        if self.tensors.contains_key(key) {
+            return Ok(());
+        }
+        let unknown: Vec<&str> = self
+            .tensors
+            .keys()
+            .filter_map(|k| k.rsplit_once('.').map(|(prefix, _)| prefix))
+            .filter(|prefix| !["embedding", "rnn", "head"].contains(prefix))
+            .collect();
+        let has = |key: String| self.tensors.contains_key(&key);
+        // Each module of the layout that is absent, from another prefix holding what it holds:
+        // the recurrence its first layer's weights, the head a weight with a bias, the
+        // embedding a weight alone.
+        let mut rename = Vec::new();
+        let modules: [(&str, &dyn Fn(&str) -> bool); 3] = [
+            ("rnn", &|p| has(format!("{p}.weight_hh_l0"))),
+            ("head", &|p| {
+                has(format!("{p}.weight")) && has(format!("{p}.bias"))
+            }),
+            ("embedding", &|p| {
+                has(format!("{p}.weight")) && !has(format!("{p}.bias"))
+            }),
+        ];
+        for (module, holds) in modules {
+            let present = self
+                .tensors
+                .keys()
+                .any(|k| k.starts_with(&format!("{module}.")));
+            if !present && let Some(other) = unknown.iter().find(|p| holds(p)) {
+                rename.push((other.to_string(), module.to_string()));
+            }
+        }
+        Err(TorchError::Layout {
+            missing: key.to_string(),
+            found: self.tensors.keys().cloned().collect(),
+            rename,
+        })
+    }
+
     /// Reads a `.safetensors` file or a `torch.save` pickle (`.pt`, `.pth`, `.bin`).
     /// The format is told from the first bytes, whatever the file's name.
     pub fn read(path: &Path) -> Result<Self, TorchError> {
@@ -262,6 +498,22 @@ impl CharLm {
         cell: CellKind,
         device: &Device,
     ) -> Result<CharLm, TorchError> {
+        for key in [layer_key("weight_hh", 0), "head.weight".to_string()] {
+            state_dict.check_layout(&key)?;
+        }
+        let found = state_dict.cell_kind()?;
+        if found != cell {
+            let key = layer_key("weight_hh", 0);
+            let [rows, d_hidden] = dims2(&state_dict.tensors[&key].shape);
+            return Err(TorchError::Cell {
+                expected: cell,
+                found,
+                key,
+                rows,
+                gates: found.num_gates(),
+                d_hidden,
+            });
+        }
         let [vocab_size, d_hidden] = dims2(state_dict.shape_of("head.weight", 2)?);
         let d_embed = match state_dict.tensors.get("embedding.weight") {
             Some(_) => dims2(state_dict.shape_of("embedding.weight", 2)?)[1],
@@ -316,6 +568,29 @@ impl CharLm {
         shapes.insert("head.weight".into(), vec![vocab_size, d_hidden]);
         shapes.insert("head.bias".into(), vec![vocab_size]);
         shapes
+    }
+
+    /// The model's parameters as a PyTorch state dict of `layout`. A one-hot model written in
+    /// the `word_language_model` layout, whose `encoder` is always an `nn.Embedding`, gets the
+    /// identity matrix as its embedding: looking up row `x` of it is the one-hot vector of `x`.
+    pub fn to_state_dict_in(&self, layout: TorchLayout) -> StateDict {
+        let mut state_dict = self.to_state_dict();
+        if layout == TorchLayout::WordLanguageModel && self.embedding.is_none() {
+            let vocab_size = self.vocab_size();
+            let mut values = vec![0.0; vocab_size * vocab_size];
+            values
+                .iter_mut()
+                .step_by(vocab_size + 1)
+                .for_each(|v| *v = 1.0);
+            state_dict.tensors.insert(
+                "embedding.weight".into(),
+                HostTensor {
+                    shape: vec![vocab_size, vocab_size],
+                    values,
+                },
+            );
+        }
+        state_dict.into_layout(layout)
     }
 
     /// The model's parameters as a PyTorch state dict of the reference layout.

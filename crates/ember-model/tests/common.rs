@@ -20,11 +20,12 @@ pub fn devices() -> Vec<(&'static str, Device)> {
     devices
 }
 
-/// `shared/fixtures/torch`, beside the repository (override with `EMBER_FIXTURES`).
+/// The PyTorch reference fixtures, `tests/fixtures/torch` of the repository (override with
+/// `EMBER_FIXTURES`).
 pub fn fixtures_dir() -> PathBuf {
     match std::env::var_os("EMBER_FIXTURES") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/torch"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/torch"),
     }
 }
 

@@ -1,4 +1,4 @@
-//! The cells against PyTorch: the fixtures in `shared/fixtures/torch` hold a 2-layer model of each
+//! The cells against PyTorch: the fixtures in `tests/fixtures/torch` hold a 2-layer model of each
 //! cell kind (computed with PyTorch 2.15 on CPU, see their README) with its logits, final states,
 //! loss and every parameter's gradient on one `[4, 20]` batch of tinyshakespeare. Tolerances are
 //! the README's: logits and states abs 1e-5, loss abs 1e-5 against the float64 loss, gradient
@@ -8,7 +8,7 @@ mod common;
 
 use burn::tensor::Device;
 use common::*;
-use ember_model::torch::{StateDict, TorchError};
+use ember_model::torch::{StateDict, TorchError, TorchLayout};
 use ember_model::{CellKind, CharLm};
 
 const TOLERANCE: f64 = 1e-5;
@@ -139,13 +139,42 @@ fn import_errors_name_the_key() {
     let err = CharLm::from_state_dict(&extra, CellKind::Lstm, &device).unwrap_err();
     assert!(err.to_string().contains("rnn.weight_hr_l0"), "{err}");
 
-    // An LSTM state dict read as a GRU: the fused gate rows do not fit.
+    // An LSTM state dict read as a GRU: `weight_hh_l0` has 4 gate blocks of 32 rows.
+    assert_eq!(original.cell_kind().unwrap(), CellKind::Lstm);
     let err = CharLm::from_state_dict(&original, CellKind::Gru, &device).unwrap_err();
     assert!(
-        matches!(&err, TorchError::Shape { key, expected, found }
-            if key == "rnn.weight_ih_l0" && expected == &[96, 16] && found == &[128, 16]),
+        matches!(
+            &err,
+            TorchError::Cell {
+                expected: CellKind::Gru,
+                found: CellKind::Lstm,
+                rows: 128,
+                gates: 4,
+                d_hidden: 32,
+                ..
+            }
+        ),
         "{err}"
     );
+
+    // The word_language_model's names: the error lists the keys and the renames that fit.
+    let mut wlm = original.clone();
+    wlm.rename_prefixes(&[
+        ("embedding".into(), "encoder".into()),
+        ("head".into(), "decoder".into()),
+    ]);
+    let err = CharLm::from_state_dict(&wlm, CellKind::Lstm, &device).unwrap_err();
+    assert!(
+        matches!(&err, TorchError::Layout { missing, rename, .. }
+            if missing == "head.weight"
+                && rename == &[("decoder".to_string(), "head".to_string()),
+                               ("encoder".to_string(), "embedding".to_string())]),
+        "{err}"
+    );
+    assert_eq!(TorchLayout::detect(&wlm), TorchLayout::WordLanguageModel);
+    let back = wlm.into_reference(TorchLayout::WordLanguageModel);
+    assert_eq!(back, original);
+    assert!(CharLm::from_state_dict(&back, CellKind::Lstm, &device).is_ok());
 
     let err = StateDict::read(&fixtures_dir().join("batch.json")).unwrap_err();
     assert!(err.to_string().contains("batch.json"), "{err}");

@@ -41,6 +41,10 @@ pub struct Progress {
     /// has diverged (char-rnn's rule). Absent from checkpoints written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_loss: Option<f64>,
+    /// The backend that trained the run up to here (`flex`, `ndarray`, `cuda`, ...); absent in
+    /// checkpoints written before it was recorded and in imported ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
 }
 
 impl<M> Checkpoint<M> {
@@ -65,6 +69,7 @@ impl Progress {
             best: None,
             chars_seen: 0,
             first_loss: None,
+            backend: None,
         }
     }
 }
@@ -247,6 +252,16 @@ impl CheckpointDir {
         let dir = self.save(model, optimizer, carried, progress)?;
         self.prune(keep, progress.best.map(|(step, _)| step))?;
         Ok(dir)
+    }
+
+    /// The counters of the checkpoint of `step`, read without loading its tensors.
+    pub fn progress(&self, step: u64) -> Result<Progress, TrainError> {
+        let path = self.step_dir(step).join(PROGRESS_FILE);
+        let text = fs::read_to_string(&path).map_err(io_error(&path))?;
+        serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+            path,
+            message: e.to_string(),
+        })
     }
 
     /// Loads the newest checkpoint that loads completely, skipping (and reporting) damaged ones;

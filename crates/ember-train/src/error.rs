@@ -100,6 +100,27 @@ pub enum TrainError {
         /// Why it is refused.
         message: String,
     },
+    /// The command would need more memory than this process can have: refused before anything
+    /// is allocated or created.
+    #[error("{message}")]
+    TooLarge {
+        /// The estimate, in bytes.
+        needed: u64,
+        /// The memory available, in bytes.
+        available: u64,
+        /// The estimate by part, the limit that applies and what to change.
+        message: String,
+    },
+    /// A line of `metrics.jsonl` other than the last is damaged.
+    #[error("{path}: line {line} is damaged ({message}); remove or repair it")]
+    Metrics {
+        /// The metrics file.
+        path: PathBuf,
+        /// The line, counted from 1.
+        line: usize,
+        /// What the JSON reader said.
+        message: String,
+    },
     /// The loss plot could not be drawn.
     #[error("plot {path}: {message}")]
     Plot {

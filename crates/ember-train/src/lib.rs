@@ -1,12 +1,14 @@
-//! Training Ember's character models: the run config, the truncated-BPTT loop, atomic
-//! checkpoints that resume exactly, evaluation and loss plots.
+#![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
 mod checkpoint;
 pub mod clip;
 mod config;
 mod error;
+mod info;
 pub mod inspect;
+mod memory;
+mod metrics;
 mod output;
 mod plot;
 mod pytorch;
@@ -26,11 +28,16 @@ pub use config::{
     OptimizerKind, RunConfig, TaskConfig, TaskKind, TrainConfig,
 };
 pub use error::TrainError;
+pub use info::RunInfo;
 pub use inspect::Inspection;
+pub use memory::{
+    AvailableMemory, MemoryEstimate, available_memory, backend_name, human_bytes, parameter_count,
+};
+pub use metrics::read_metrics;
 pub use output::{check_output, write_output};
 pub use plot::{plot_curves, plot_losses};
-pub use pytorch::{export_torch, import_torch};
-pub use run::{EvalReport, Run};
+pub use pytorch::{Imported, export_torch, import_torch};
+pub use run::{EVAL_CHUNK, EvalReport, Run};
 pub use run_dir::RunLock;
 pub use step::{GradientStep, optimizer_for};
 pub use task::{

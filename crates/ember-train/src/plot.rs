@@ -6,6 +6,7 @@ use plotters::prelude::*;
 
 use crate::TrainError;
 use crate::error::expect_run;
+use crate::metrics::read_metrics;
 use crate::output::{check_output, write_output};
 use crate::trainer::{METRICS_FILE, MetricsRecord};
 
@@ -14,22 +15,10 @@ use crate::trainer::{METRICS_FILE, MetricsRecord};
 pub fn plot_losses(run_dir: &Path, out: &Path) -> Result<usize, TrainError> {
     expect_run(run_dir)?;
     let metrics_path = run_dir.join(METRICS_FILE);
-    let text = std::fs::read_to_string(&metrics_path).map_err(|source| TrainError::Io {
-        path: metrics_path.clone(),
-        source,
-    })?;
-    let mut records = Vec::new();
-    for (number, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let record: MetricsRecord = serde_json::from_str(line).map_err(|e| TrainError::Plot {
-            path: metrics_path.clone(),
-            message: format!("line {}: {e}", number + 1),
-        })?;
-        records.push(record);
-    }
+    let records: Vec<MetricsRecord> = read_metrics(&metrics_path)?
+        .into_iter()
+        .map(|(_, record)| record)
+        .collect();
     let train: Vec<(f64, f64)> = records.iter().map(|r| (r.step as f64, r.loss)).collect();
     let val: Vec<(f64, f64)> = records
         .iter()

@@ -1,36 +1,57 @@
-//! PyTorch character models in and out: a state dict of the reference layout becomes a run
-//! directory that sampling, evaluation and further training read, and back.
+//! PyTorch character models in and out: a state dict of the reference or the
+//! `word_language_model` layout becomes a run directory that sampling, evaluation and further
+//! training read, and back.
 
 use std::path::Path;
 
 use burn::tensor::Device;
 use ember_data::Corpus;
-use ember_model::torch::{StateDict, TorchError};
+use ember_model::torch::{StateDict, TorchError, TorchLayout};
 use ember_model::{CellKind, CharLm};
 
 use crate::checkpoint::{CheckpointDir, Progress, write_atomically};
 use crate::config::RunConfig;
+use crate::memory::{MemoryEstimate, ensure_fits};
 use crate::output::{check_output, write_output};
 use crate::run_dir::{absolute, create_run_dir};
 use crate::step::optimizer_for;
 use crate::trainer::{CONFIG_FILE, VOCAB_FILE};
 use crate::{Run, TrainError};
 
-/// Makes a run directory `out` from a PyTorch state dict (`.safetensors` or `.pt`) of the
-/// reference layout: `embedding`, `rnn` (`cell`, any number of layers and sizes) and `head`, with
-/// the vocabulary of `vocab_text` (its sorted distinct characters, as the model was trained
-/// with). The run's config records the sizes read from the tensors and `vocab_text` as its
-/// corpus; its one checkpoint, at step 0, holds the weights and a fresh optimizer, so
-/// `ember train --resume` fine-tunes it. Returns the model.
+/// What [`import_torch`] made.
+pub struct Imported {
+    /// The model, as its run's one checkpoint holds it.
+    pub model: CharLm,
+    /// Its recurrence, read from the tensors.
+    pub cell: CellKind,
+    /// The layout the state dict was recognised as (after `renames`).
+    pub layout: TorchLayout,
+}
+
+/// Makes a run directory `out` from a PyTorch state dict (`.safetensors` or `.pt`) of a
+/// character model: `renames` (`(old prefix, new prefix)`) apply first, then a state dict of
+/// the `word_language_model` layout is recognised; the result must be the reference layout,
+/// `embedding`, `rnn` and `head`, of any number of layers and sizes. The cell is read from the
+/// tensors (`cell`, where given, must match). The vocabulary is that of `vocab_text` (its
+/// sorted distinct characters, as the model was trained with). The run's config records the
+/// sizes read from the tensors and `vocab_text` as its corpus; its one checkpoint, at step 0,
+/// holds the weights and a fresh optimizer, so `ember train --resume` fine-tunes it.
 pub fn import_torch(
     state_dict_path: &Path,
-    cell: CellKind,
+    cell: Option<CellKind>,
+    renames: &[(String, String)],
     vocab_text: &Path,
     out: &Path,
     device: &Device,
-) -> Result<CharLm, TrainError> {
-    let state_dict = StateDict::read(state_dict_path)?;
-    let model = CharLm::from_state_dict(&state_dict, cell, device)?;
+) -> Result<Imported, TrainError> {
+    ensure_import_fits(state_dict_path, device)?;
+    let mut state_dict = StateDict::read(state_dict_path)?;
+    state_dict.rename_prefixes(renames);
+    let layout = TorchLayout::detect(&state_dict);
+    let state_dict = state_dict.into_reference(layout);
+    let found = state_dict.cell_kind()?;
+    let model = CharLm::from_state_dict(&state_dict, cell.unwrap_or(found), device)?;
+    let cell = found;
     let corpus = Corpus::load(vocab_text)?;
     if corpus.vocab.len() != model.vocab_size() {
         return Err(TrainError::Mismatch {
@@ -102,15 +123,48 @@ pub fn import_torch(
         drop(lock);
         return Err(error);
     }
-    Ok(model)
+    Ok(Imported {
+        model,
+        cell,
+        layout,
+    })
+}
+
+/// Refuses a state dict too large to import in the memory available: its values are held
+/// about four times at once (the file read, its `f32` values, the model, the checkpoint's
+/// record), so four times the file's size is the estimate.
+fn ensure_import_fits(state_dict_path: &Path, device: &Device) -> Result<(), TrainError> {
+    let Ok(metadata) = std::fs::metadata(state_dict_path) else {
+        // A missing file is reported by the reader, by name.
+        return Ok(());
+    };
+    let bytes = metadata.len() as f64;
+    // Measured here: a 193 MB state dict (LSTM 2x2000) peaked at 768 MB resident.
+    let estimate = MemoryEstimate {
+        parameters: bytes,
+        gradients: 0.0,
+        optimizer_state: 0.0,
+        weight_copies: 2.0 * bytes,
+        activations: 0.0,
+        checkpoint: bytes,
+    };
+    ensure_fits(&estimate, device, "importing this state dict", |_| {
+        "free memory or import on a machine with more".into()
+    })
 }
 
 /// Writes the newest weights of the character-model run in `run_dir` as a PyTorch state dict of
-/// the reference layout (`.safetensors`), which `load_state_dict(strict=True)` accepts.
-pub fn export_torch(run_dir: &Path, out: &Path, device: &Device) -> Result<usize, TrainError> {
+/// `layout` (`.safetensors`), which `load_state_dict(strict=True)` of that layout's module
+/// accepts.
+pub fn export_torch(
+    run_dir: &Path,
+    out: &Path,
+    layout: TorchLayout,
+    device: &Device,
+) -> Result<usize, TrainError> {
     check_output(out, false)?;
     let run = Run::open(run_dir, device)?;
-    let state_dict = run.model.to_state_dict();
+    let state_dict = run.model.to_state_dict_in(layout);
     // A failed write (disk full, say) leaves neither a partial file nor a damaged `out`.
     write_output(out, &state_dict.to_safetensors_bytes(out)?, false)?;
     Ok(state_dict.tensors.len())

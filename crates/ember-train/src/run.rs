@@ -11,7 +11,11 @@ use crate::TrainError;
 use crate::checkpoint::{CheckpointDir, StepFiles, decoding_guard};
 use crate::config::RunConfig;
 use crate::error::expect_run;
+use crate::memory::ensure_inference_fits;
 use crate::trainer::{CONFIG_FILE, VOCAB_FILE, mean_loss, model_config};
+
+/// The characters `ember eval` reads per chunk.
+pub const EVAL_CHUNK: usize = 256;
 
 /// A run directory's config, vocabulary and newest model weights.
 pub struct Run {
@@ -50,6 +54,8 @@ impl Run {
         expect_run(dir)?;
         let config = RunConfig::load(&dir.join(CONFIG_FILE), &[])?;
         let vocab = Vocab::load(&dir.join(VOCAB_FILE))?;
+        // A chunk of `ember eval`'s length; sampling steps one character at a time.
+        ensure_inference_fits(&config, vocab.len(), vocab.len(), EVAL_CHUNK, device)?;
         let template = model_config(&config, vocab.len()).init(device);
         let (step, model) = CheckpointDir::new(dir).newest(|step| {
             let step_dir = CheckpointDir::new(dir).step_dir(step);

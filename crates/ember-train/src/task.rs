@@ -19,6 +19,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::checkpoint::{CheckpointDir, Progress, no_carried, write_atomically};
 use crate::config::{RunConfig, TaskKind};
 use crate::error::{expect_run, io_error};
+use crate::memory::{backend_name, ensure_inference_fits, ensure_training_fits};
+use crate::run::EVAL_CHUNK;
 use crate::run_dir::{RunLock, absolute, create_run_dir, reopen_run, resume_checkpoint};
 use crate::step::{GradientStep, optimizer_from};
 use crate::trainer::{CONFIG_FILE, METRICS_FILE, VOCAB_FILE, truncate_metrics};
@@ -220,6 +222,44 @@ impl SequenceData {
     }
 }
 
+/// The classes a sequence model's head chooses among: labels, or output tokens for seq2seq.
+fn task_outputs(config: &RunConfig, vocab: &TaskVocab) -> usize {
+    match config.task.kind {
+        TaskKind::Seq2seq | TaskKind::LanguageModel => vocab.tokens.len(),
+        TaskKind::Classify | TaskKind::Tag => vocab.labels.len(),
+    }
+}
+
+/// Refuses training a sequence model where it cannot fit in memory: a batch of the longest
+/// lines (source and target) is the chunk.
+fn ensure_task_fits(
+    config: &RunConfig,
+    data: &SequenceData,
+    device: &Device,
+) -> Result<(), TrainError> {
+    let longest = data
+        .train
+        .iter()
+        .chain(&data.val)
+        .map(|example| {
+            example.source.len()
+                + match &example.target {
+                    Target::Class(_) => 1,
+                    Target::Tags(tags) => tags.len(),
+                    Target::Sequence(ids) => ids.len() + 1,
+                }
+        })
+        .max()
+        .unwrap_or(1);
+    ensure_training_fits(
+        config,
+        data.vocab.tokens.len(),
+        task_outputs(config, &data.vocab),
+        config.data.batch_size * longest,
+        device,
+    )
+}
+
 /// A model that learns one of the sequence tasks.
 pub trait SequenceTask: Module + Sized {
     /// The task it learns.
@@ -395,6 +435,7 @@ impl<M: SequenceTask> TaskTrainer<M> {
         device: &Device,
     ) -> Result<Self, TrainError> {
         let data = SequenceData::load(&config, None)?;
+        ensure_task_fits(&config, &data, device)?;
         config.data.path = absolute(&config.data.path)?;
         let lock = create_run_dir(run_dir, "--run-dir")?;
         data.vocab.save(run_dir)?;
@@ -411,7 +452,10 @@ impl<M: SequenceTask> TaskTrainer<M> {
             data,
             order_epoch: None,
             epoch_order: Vec::new(),
-            progress: Progress::start(),
+            progress: Progress {
+                backend: Some(backend_name(device)),
+                ..Progress::start()
+            },
             config,
             _lock: lock,
         })
@@ -426,6 +470,7 @@ impl<M: SequenceTask> TaskTrainer<M> {
         let (lock, config) = reopen_run(run_dir, overrides)?;
         let vocab = TaskVocab::load(run_dir)?;
         let data = SequenceData::load(&config, Some(vocab))?;
+        ensure_task_fits(&config, &data, device)?;
         let train_device = device.clone().autodiff();
         // Seeded as `create` seeds it, so a run with no checkpoint yet restarts as it began.
         train_device.seed(config.train.seed);
@@ -449,7 +494,10 @@ impl<M: SequenceTask> TaskTrainer<M> {
             data,
             order_epoch: None,
             epoch_order: Vec::new(),
-            progress: checkpoint.progress,
+            progress: Progress {
+                backend: Some(backend_name(device)),
+                ..checkpoint.progress
+            },
             config,
             _lock: lock,
         })
@@ -591,6 +639,14 @@ impl<M: SequenceTask> TaskRun<M> {
     /// Opens `run_dir`.
     pub fn open(run_dir: &Path, device: &Device) -> Result<Self, TrainError> {
         let (config, vocab) = open_run(run_dir)?;
+        // Input lines are not known yet: a batch of lines of `EVAL_CHUNK` characters.
+        ensure_inference_fits(
+            &config,
+            vocab.tokens.len(),
+            task_outputs(&config, &vocab),
+            config.data.batch_size * EVAL_CHUNK,
+            device,
+        )?;
         let template = M::init(&config, &vocab, device);
         let checkpoint = CheckpointDir::new(run_dir).load_latest(
             template,

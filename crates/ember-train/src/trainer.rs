@@ -1,6 +1,5 @@
 //! The truncated-BPTT training loop.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleVisitor, Param};
@@ -12,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointDir, Progress, char_lm_carried, write_atomically};
 use crate::config::RunConfig;
-use crate::error::io_error;
+use crate::memory::{backend_name, ensure_training_fits};
+use crate::metrics::read_metrics;
 use crate::run_dir::{RunLock, absolute, create_run_dir, reopen_run, resume_checkpoint};
 use crate::step::{GradientStep, optimizer_for};
 use crate::{Evaluation, TrainError, Training};
@@ -83,6 +83,7 @@ impl Trainer {
     ) -> Result<Self, TrainError> {
         let corpus = Corpus::load_with(&config.data.path, None, config.data.max_bytes)?;
         let streams = streams(&config, corpus)?;
+        ensure_char_lm_fits(&config, streams.0.len(), device)?;
         config.data.path = absolute(&config.data.path)?;
         let lock = create_run_dir(run_dir, "--run-dir")?;
         streams.0.save(&run_dir.join(VOCAB_FILE))?;
@@ -109,6 +110,7 @@ impl Trainer {
         let vocab = Vocab::load(&run_dir.join(VOCAB_FILE))?;
         let corpus = Corpus::load_with(&config.data.path, Some(vocab), config.data.max_bytes)?;
         let streams = streams(&config, corpus)?;
+        ensure_char_lm_fits(&config, streams.0.len(), device)?;
         let train_device = device.clone().autodiff();
         // Seeded as `create` seeds it, so a run with no checkpoint yet restarts as it began.
         train_device.seed(config.train.seed);
@@ -153,6 +155,10 @@ impl Trainer {
         carried: Option<RecurrentState>,
         lock: RunLock,
     ) -> Result<Self, TrainError> {
+        let progress = Progress {
+            backend: Some(backend_name(device)),
+            ..progress
+        };
         Ok(Trainer {
             checkpoints: CheckpointDir::new(run_dir),
             optimizer: GradientStep::with_optimizer(&config.optimizer, optimizer),
@@ -318,6 +324,17 @@ fn streams(
     Ok((corpus.vocab, train, val))
 }
 
+/// Refuses training the character model of `config` over `vocab_size` characters where it
+/// cannot fit in memory, before any of it is allocated.
+fn ensure_char_lm_fits(
+    config: &RunConfig,
+    vocab_size: usize,
+    device: &Device,
+) -> Result<(), TrainError> {
+    let positions = config.data.batch_size * config.data.seq_len;
+    ensure_training_fits(config, vocab_size, vocab_size, positions, device)
+}
+
 /// The config of the model a run trains.
 pub fn model_config(config: &RunConfig, vocab_size: usize) -> CharLmConfig {
     CharLmConfig::new(vocab_size, config.model.cell, config.model.d_hidden)
@@ -373,17 +390,19 @@ pub fn mean_loss(model: &CharLm, chunks: impl Iterator<Item = Chunk>, device: &D
 /// Drops the metrics lines after `step`: an interrupted run may have logged steps its last
 /// checkpoint does not hold, and the resumed run logs them again.
 pub(crate) fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_error(path)(e)),
+    let records = match read_metrics(path) {
+        Ok(records) => records,
+        Err(TrainError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(());
+        }
+        Err(error) => return Err(error),
     };
-    let kept: String = text
-        .lines()
-        .filter(|line| {
-            serde_json::from_str::<MetricsRecord>(line).is_ok_and(|record| record.step <= step)
-        })
-        .map(|line| format!("{line}\n"))
+    // A damaged last line (a write cut off) goes too, with a warning; damage before it stops
+    // the resume rather than silently losing lines.
+    let kept: String = records
+        .into_iter()
+        .filter(|(_, record)| record.step <= step)
+        .map(|(line, _)| format!("{line}\n"))
         .collect();
     write_atomically(path, kept.as_bytes())
 }
