@@ -2,11 +2,12 @@
 
 mod bench;
 mod device;
+#[cfg(feature = "mpi")]
+mod mpi;
+mod train;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use burn::module::Module;
@@ -17,8 +18,8 @@ use ember_model::torch::{TorchError, TorchLayout};
 use ember_model::{SampleConfig, SampleError, Seq2Seq, SequenceClassifier, SequenceTagger};
 use ember_train::inspect::group_digits;
 use ember_train::{
-    CONFIG_FILE, DivergencePolicy, Inspection, MetricsRecord, Run, RunConfig, RunInfo, RunOutcome,
-    TaskKind, TaskRun, TaskTrainer, TrainError, Trainer, Training, human_bytes, plot_losses,
+    CONFIG_FILE, Inspection, Run, RunInfo, TaskKind, TaskRun, TrainError, human_bytes,
+    plot_losses,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -64,19 +65,19 @@ enum Command {
 }
 
 #[derive(Args)]
-struct TrainArgs {
+pub(crate) struct TrainArgs {
     /// The TOML config of a new run.
     #[arg(long, conflicts_with = "resume", required_unless_present = "resume")]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Resume the run in this directory from its newest checkpoint.
     #[arg(long)]
-    resume: Option<PathBuf>,
+    pub(crate) resume: Option<PathBuf>,
     /// Override a config value, `section.key=value` (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
-    overrides: Vec<String>,
+    pub(crate) overrides: Vec<String>,
     /// Where the new run's checkpoints, config and metrics go (default: `runs/<config name>`).
     #[arg(long)]
-    run_dir: Option<PathBuf>,
+    pub(crate) run_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -237,25 +238,37 @@ fn main() {
             // The reader (`head`, a pager) has all it wants: not a failure.
             std::process::exit(0);
         }
-        // Library errors already name their cause; add only causes not yet said.
-        let mut message = error.to_string();
-        for cause in error.chain().skip(1) {
-            let cause = cause.to_string();
-            if !message.contains(&cause) {
-                message = format!("{message}: {cause}");
-            }
+        if let Some(Reported(status)) = error.downcast_ref::<Reported>() {
+            std::process::exit(*status);
         }
-        eprintln!("error: {message}");
+        eprintln!("error: {}", message(&error));
         std::process::exit(exit_status(&error));
     }
 }
+
+/// An error's message with the causes it does not already say (library errors name theirs).
+pub(crate) fn message(error: &anyhow::Error) -> String {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message = format!("{message}: {cause}");
+        }
+    }
+    message
+}
+
+/// An error already reported (by rank 0 of a data-parallel run): exit with its status alone.
+#[derive(Debug, thiserror::Error)]
+#[error("exit status {0}")]
+pub(crate) struct Reported(pub(crate) i32);
 
 /// A command line that asks for something impossible; exit status 2, as clap's own errors.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct UsageError(String);
 
-fn usage(message: impl Into<String>) -> anyhow::Error {
+pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
     UsageError(message.into()).into()
 }
 
@@ -271,7 +284,7 @@ fn closed_pipe(error: &anyhow::Error) -> bool {
 /// The exit status of a failed command, by what went wrong (README, "Exit status"): 2 the
 /// command line or a config, 3 the input data, 4 a run directory or checkpoint, 5 the file
 /// system, 6 training diverged, 1 anything else.
-fn exit_status(error: &anyhow::Error) -> i32 {
+pub(crate) fn exit_status(error: &anyhow::Error) -> i32 {
     for cause in error.chain() {
         if cause.is::<UsageError>() || cause.is::<SampleError>() {
             return 2;
@@ -294,7 +307,7 @@ fn exit_status(error: &anyhow::Error) -> i32 {
                 | TrainError::RunExists { .. }
                 | TrainError::NotEmpty { .. } => 4,
                 TrainError::Io { .. } | TrainError::Plot { .. } => 5,
-                TrainError::Diverged { .. } => 6,
+                TrainError::Diverged { .. } | TrainError::RanksDiverged { .. } => 6,
             };
         }
     }
@@ -314,7 +327,7 @@ fn run(cli: Cli) -> Result<()> {
     let device = device::select(cli.device.as_deref())?;
     let cli_device = cli.device.clone();
     match cli.command {
-        Command::Train(args) => train(args, &device, interactive),
+        Command::Train(args) => train::train(args, &device, interactive),
         Command::Sample(args) => sample(args, &device),
         Command::Eval(args) => eval(args, &device),
         Command::Predict(args) => predict(args, &device),
@@ -373,276 +386,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info(args) => info(args, &device),
         Command::Devices => unreachable!("handled above"),
     }
-}
-
-/// The task of the run in `run_dir`, as its saved config says (a language model when it cannot
-/// be read: resuming then reports what is wrong with the directory).
-fn run_task(run_dir: &Path) -> TaskKind {
-    RunConfig::load(&run_dir.join(CONFIG_FILE), &[])
-        .map_or(TaskKind::LanguageModel, |c| c.task.kind)
-}
-
-fn new_trainer(config: RunConfig, run_dir: &Path, device: &Device) -> Result<Box<dyn Training>> {
-    Ok(match config.task.kind {
-        TaskKind::LanguageModel => Box::new(Trainer::create(config, run_dir, device)?),
-        TaskKind::Classify => Box::new(TaskTrainer::<SequenceClassifier>::create(
-            config, run_dir, device,
-        )?),
-        TaskKind::Tag => Box::new(TaskTrainer::<SequenceTagger>::create(
-            config, run_dir, device,
-        )?),
-        TaskKind::Seq2seq => Box::new(TaskTrainer::<Seq2Seq>::create(config, run_dir, device)?),
-    })
-}
-
-fn resumed_trainer(
-    run_dir: &Path,
-    overrides: &[String],
-    device: &Device,
-) -> Result<Box<dyn Training>> {
-    Ok(match run_task(run_dir) {
-        TaskKind::LanguageModel => Box::new(Trainer::resume(run_dir, overrides, device)?),
-        TaskKind::Classify => Box::new(TaskTrainer::<SequenceClassifier>::resume(
-            run_dir, overrides, device,
-        )?),
-        TaskKind::Tag => Box::new(TaskTrainer::<SequenceTagger>::resume(
-            run_dir, overrides, device,
-        )?),
-        TaskKind::Seq2seq => Box::new(TaskTrainer::<Seq2Seq>::resume(run_dir, overrides, device)?),
-    })
-}
-
-fn train(args: TrainArgs, device: &Device, interactive: bool) -> Result<()> {
-    let (run_dir, mut trainer, new_run) = match (&args.config, &args.resume) {
-        (_, Some(run_dir)) => (
-            run_dir.clone(),
-            resumed_trainer(run_dir, &args.overrides, device)?,
-            None,
-        ),
-        (Some(config_path), None) => {
-            // A config file that cannot be read is a command-line error, like a bad key in it.
-            let config = RunConfig::load(config_path, &args.overrides).map_err(|e| match e {
-                TrainError::Io { path, source } => usage(format!("{}: {source}", path.display())),
-                e => e.into(),
-            })?;
-            let run_dir = args
-                .run_dir
-                .clone()
-                .unwrap_or_else(|| default_run_dir(config_path));
-            let before = NewRunDir::before(&run_dir);
-            let trainer = new_trainer(config, &run_dir, device)?;
-            (run_dir, trainer, Some(before))
-        }
-        (None, None) => return Err(usage("give --config FILE for a new run or --resume DIR")),
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    let announcer = stop_on_signals(stop.clone())?;
-
-    let total = trainer.config().train.steps;
-    let bar = if interactive {
-        ProgressBar::new(total)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  eta {eta}")
-            .expect("a valid template"),
-    );
-    bar.set_position(trainer.progress().step);
-    let mut last_val: Option<f64> = None;
-    let mut on_record = |record: &MetricsRecord| {
-        last_val = record.val_loss.or(last_val);
-        bar.set_position(record.step);
-        bar.set_message(format!(
-            "loss {:.4}  val {}  {:.0} chars/s",
-            record.loss,
-            last_val.map_or("-".into(), |v| format!("{v:.4}")),
-            record.chars_per_sec
-        ));
-    };
-    let mut rollbacks = 0;
-    let outcome = loop {
-        let error = match trainer.run(&stop, &mut on_record) {
-            Ok(outcome) => break outcome,
-            Err(error) => error,
-        };
-        let train_config = trainer.config().train.clone();
-        let diverged = matches!(error, TrainError::Diverged { .. });
-        if !diverged
-            || train_config.on_divergence != DivergencePolicy::Rollback
-            || rollbacks >= train_config.max_rollbacks
-        {
-            // The trainer still holds the run's lock: nothing else can be in the directory.
-            if let Some(new_run) = &new_run {
-                new_run.remove_unless_checkpointed();
-            }
-            return Err(error.into());
-        }
-        rollbacks += 1;
-        let lr = trainer.config().optimizer.lr * train_config.rollback_lr_factor;
-        eprintln!(
-            "{error}\nrollback {rollbacks} of {}: back to the last checkpoint with optimizer.lr = {lr:e}",
-            train_config.max_rollbacks
-        );
-        // The resumed trainer takes the run directory's lock, so this one must let it go first.
-        drop(trainer);
-        // In exponent form: TOML reads a huge f64 printed in full as an overflowing integer.
-        trainer = resumed_trainer(&run_dir, &[format!("optimizer.lr={lr:e}")], device)?;
-    };
-    bar.finish_and_clear();
-    match outcome {
-        RunOutcome::Finished => {
-            let next = match trainer.config().task.kind {
-                TaskKind::LanguageModel => "sample it: ember sample",
-                _ => "use it: ember predict",
-            };
-            println!(
-                "trained {} steps; run in {} ({next} --run {})",
-                trainer.progress().step,
-                run_dir.display(),
-                run_dir.display()
-            )
-        }
-        RunOutcome::Interrupted => {
-            // The stop is announced before it is reported done.
-            let _ = announcer.join();
-            // A write error is ignored: after SIGHUP the terminal may be gone.
-            let _ = writeln!(
-                std::io::stdout(),
-                "stopped at step {}; checkpoint saved (resume: ember train --resume {})",
-                trainer.progress().step,
-                run_dir.display()
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Raises `stop` on the first SIGINT (Ctrl-C), SIGTERM (schedulers, containers, service
-/// managers) or SIGHUP (a closed terminal), so that training saves a checkpoint of the current
-/// step and exits; a second one of any of them ends the process at once with 128 + its number,
-/// leaving the last checkpoint on disk intact.
-fn stop_on_signals(stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    use std::sync::atomic::{AtomicI32, AtomicUsize};
-    static RECEIVED: AtomicUsize = AtomicUsize::new(0);
-    static FIRST: AtomicI32 = AtomicI32::new(0);
-    for signal in [SIGINT, SIGTERM, SIGHUP] {
-        let stop = stop.clone();
-        // In the handler itself, with one atomic count: a queue read by a thread merges two of
-        // the same signal sent close together, and two handlers that interrupt each other must
-        // still tell first from second.
-        let action = move || {
-            if RECEIVED.fetch_add(1, Ordering::SeqCst) > 0 {
-                signal_hook::low_level::exit(128 + signal);
-            }
-            FIRST.store(signal, Ordering::SeqCst);
-            stop.store(true, Ordering::SeqCst);
-        };
-        // SAFETY: the action only touches atomics and calls `_exit`, all async-signal-safe.
-        unsafe { signal_hook::low_level::register(signal, action) }
-            .context("installing the signal handlers")?;
-    }
-    // Saying so is not async-signal-safe: a thread watches for the flag and says it.
-    Ok(std::thread::spawn(move || {
-        while !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let name = match FIRST.load(Ordering::SeqCst) {
-            SIGINT => "Ctrl-C",
-            SIGTERM => "SIGTERM",
-            SIGHUP => "SIGHUP",
-            _ => "a signal",
-        };
-        // Not eprintln!: after SIGHUP the terminal may be gone, and writing must not panic.
-        let _ = writeln!(
-            std::io::stderr(),
-            "\nstopping on {name}: saving a checkpoint (a second signal quits at once)"
-        );
-    }))
-}
-
-/// What a new run's directory held before `ember train` created the run in it, so that a run
-/// that fails before its first checkpoint (which could neither resume to anything nor be
-/// created again under the same name) leaves nothing behind.
-struct NewRunDir {
-    dir: PathBuf,
-    /// The topmost of `dir` and its ancestors that did not exist yet.
-    created_from: Option<PathBuf>,
-    /// The names in `dir` already there.
-    existing: std::collections::BTreeSet<std::ffi::OsString>,
-}
-
-impl NewRunDir {
-    fn before(dir: &Path) -> Self {
-        let created_from = dir
-            .ancestors()
-            .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
-            .last()
-            .map(Path::to_path_buf);
-        let existing = std::fs::read_dir(dir)
-            .map(|entries| entries.filter_map(|e| Some(e.ok()?.file_name())).collect())
-            .unwrap_or_default();
-        NewRunDir {
-            dir: dir.to_path_buf(),
-            created_from,
-            existing,
-        }
-    }
-
-    /// Removes what this command created, unless a checkpoint was saved (the run then resumes).
-    fn remove_unless_checkpointed(&self) {
-        // A checkpoints directory that cannot be listed may hold one: nothing is removed then.
-        if !ember_train::CheckpointDir::new(&self.dir)
-            .steps()
-            .is_ok_and(|steps| steps.is_empty())
-        {
-            return;
-        }
-        let removed = match &self.created_from {
-            Some(top) => std::fs::remove_dir_all(&self.dir).map(|()| {
-                // The parents this command made, as far as they are empty.
-                for parent in self.dir.ancestors().skip(1) {
-                    if parent.as_os_str().is_empty()
-                        || !parent.starts_with(top)
-                        || std::fs::remove_dir(parent).is_err()
-                    {
-                        break;
-                    }
-                }
-            }),
-            None => std::fs::read_dir(&self.dir).and_then(|entries| {
-                for entry in entries {
-                    let entry = entry?;
-                    if self.existing.contains(&entry.file_name()) {
-                        continue;
-                    }
-                    match entry.file_type()?.is_dir() {
-                        true => std::fs::remove_dir_all(entry.path())?,
-                        false => std::fs::remove_file(entry.path())?,
-                    }
-                }
-                Ok(())
-            }),
-        };
-        match removed {
-            Ok(()) => eprintln!(
-                "no checkpoint was saved: removed the run from {}",
-                self.dir.display()
-            ),
-            Err(error) => eprintln!(
-                "no checkpoint was saved, and removing the run from {} failed: {error}",
-                self.dir.display()
-            ),
-        }
-    }
-}
-
-fn default_run_dir(config_path: &Path) -> PathBuf {
-    let stem = config_path
-        .file_stem()
-        .map_or("run".into(), |s| s.to_string_lossy().into_owned());
-    PathBuf::from("runs").join(stem)
 }
 
 fn sample(args: SampleArgs, device: &Device) -> Result<()> {
@@ -728,7 +471,7 @@ fn eval(args: EvalArgs, device: &Device) -> Result<()> {
 
 /// Refuses to treat a sequence run as a language model.
 fn expect_language_model(run_dir: &Path, command: &str) -> Result<()> {
-    let kind = run_task(run_dir);
+    let kind = train::run_task(run_dir);
     if kind != TaskKind::LanguageModel {
         return Err(usage(format!(
             "{} is a {} run, not a language model: `ember {command}` reads language models; \
@@ -743,7 +486,7 @@ fn expect_language_model(run_dir: &Path, command: &str) -> Result<()> {
 
 fn predict(args: PredictArgs, device: &Device) -> Result<()> {
     // The run is checked before the input is read: standard input may be slow or endless.
-    let kind = run_task(&args.run);
+    let kind = train::run_task(&args.run);
     if kind == TaskKind::LanguageModel {
         if !args.run.join(CONFIG_FILE).is_file() {
             return Err(TrainError::NoRun(args.run.clone()).into());

@@ -39,6 +39,22 @@ impl Chunk {
     pub fn targets_i64(&self) -> Vec<i64> {
         self.targets.iter().map(|&id| i64::from(id)).collect()
     }
+
+    /// The chunk of streams `streams` alone (a data-parallel rank's share of the batch).
+    ///
+    /// # Panics
+    /// If `streams` reaches past `batch_size`.
+    pub fn rows(&self, streams: std::ops::Range<usize>) -> Chunk {
+        assert!(streams.end <= self.batch_size, "streams {streams:?} of {}", self.batch_size);
+        let cells = streams.start * self.seq_len..streams.end * self.seq_len;
+        Chunk {
+            inputs: self.inputs[cells.clone()].to_vec(),
+            targets: self.targets[cells].to_vec(),
+            batch_size: streams.len(),
+            seq_len: self.seq_len,
+            starts_epoch: self.starts_epoch,
+        }
+    }
 }
 
 /// A split cut into `batch_size` contiguous streams (PyTorch word_language_model's `batchify`,
@@ -176,6 +192,18 @@ mod tests {
         );
         assert!(StreamBatcher::new(&ids, 0, 10, "train").is_err());
         assert!(StreamBatcher::new(&ids, 2, 0, "train").is_err());
+    }
+
+    #[test]
+    fn rows_are_the_streams_of_the_batch() {
+        let ids: Vec<u16> = (0..200).collect();
+        let chunk = StreamBatcher::new(&ids, 4, 5, "train").unwrap().chunk(1);
+        let rows = chunk.rows(1..3);
+        assert_eq!((rows.batch_size, rows.seq_len), (2, 5));
+        assert_eq!(rows.inputs, chunk.inputs[5..15]);
+        assert_eq!(rows.targets, chunk.targets[5..15]);
+        assert_eq!(rows.inputs[0], 55);
+        assert_eq!(chunk.rows(0..4), chunk);
     }
 
     proptest! {

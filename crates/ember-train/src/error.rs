@@ -81,6 +81,17 @@ pub enum TrainError {
         /// (char-rnn's rule).
         limit: Option<f64>,
     },
+    /// The ranks of a data-parallel run no longer hold the same weights.
+    #[error(
+        "at step {step} the weights of rank(s) {differing:?} differ from rank 0's: the ranks no \
+         longer train one model; the run stops at its last checkpoint"
+    )]
+    RanksDiverged {
+        /// The step of the comparison.
+        step: u64,
+        /// The ranks whose weights differ from rank 0's.
+        differing: Vec<usize>,
+    },
     /// A checkpoint does not fit the run's model or vocabulary.
     #[error("{path}: {message}")]
     Mismatch {

@@ -3,6 +3,7 @@
 
 mod checkpoint;
 pub mod clip;
+mod collective;
 mod config;
 mod error;
 mod info;
@@ -23,6 +24,7 @@ pub use checkpoint::{
     CarriedLoader, Checkpoint, CheckpointDir, Progress, char_lm_carried, no_carried,
     write_atomically,
 };
+pub use collective::{Collective, Ranks};
 pub use config::{
     DataConfig, DivergencePolicy, LegacyKernel, MAX_BEAM_WIDTH, ModelConfig, OptimizerConfig,
     OptimizerKind, RunConfig, TaskConfig, TaskKind, TrainConfig,

@@ -81,12 +81,19 @@ fn lock_run_dir(run_dir: &Path) -> Result<RunLock, TrainError> {
 /// A run reopened for more training: its lock, and its config with `overrides` applied, which
 /// may change how it trains but not what its checkpoints mean ([`RunConfig::meaning_changes`]).
 /// A `data.path` relative to the directory the run was started in is resolved here.
+/// `lock` false reopens it for reading alone (a data-parallel rank other than 0, whose rank 0
+/// holds the lock).
 pub(crate) fn reopen_run(
     run_dir: &Path,
     overrides: &[String],
-) -> Result<(RunLock, RunConfig), TrainError> {
+    lock: bool,
+) -> Result<(Option<RunLock>, RunConfig), TrainError> {
     expect_run(run_dir)?;
-    let lock = lock_run_dir(run_dir)?;
+    let lock = if lock {
+        Some(lock_run_dir(run_dir)?)
+    } else {
+        None
+    };
     let config_path = run_dir.join(CONFIG_FILE);
     let saved = RunConfig::load(&config_path, &[])?;
     let mut config = RunConfig::load(&config_path, overrides)?;

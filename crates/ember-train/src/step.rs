@@ -10,7 +10,7 @@ use burn::tensor::Tensor;
 
 use crate::clip::{clip_grad_norm, clip_grad_value};
 use crate::config::{OptimizerKind, RunConfig};
-use crate::{OptimizerConfig, TrainError};
+use crate::{OptimizerConfig, Ranks, TrainError};
 
 /// Turns a loss into updated weights as an `[optimizer]` section says: backward pass, clipping
 /// by value then by global norm, the decayed learning rate, the optimizer's update. The character
@@ -73,6 +73,31 @@ impl GradientStep {
         let loss_value = loss.clone().into_scalar::<f64>();
         check_finite(step, "loss", loss_value)?;
         let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let (model, grad_norm) = self.apply_gradients_checked(model, loss_value, grads, step)?;
+        Ok((model, loss_value, grad_norm))
+    }
+
+    /// As [`apply_checked`](Self::apply_checked) for one rank of a data-parallel run: `loss` is
+    /// this rank's share of the global batch, `weight` that share's part of the global loss
+    /// (see [`Ranks::combine_gradients`]). Every rank applies the update of the global batch and
+    /// gets its loss back; a single process is [`apply_checked`](Self::apply_checked) exactly.
+    pub fn apply_shared<M: Module>(
+        &mut self,
+        model: M,
+        loss: Option<Tensor<1>>,
+        weight: f64,
+        ranks: &Ranks,
+        step: u64,
+    ) -> Result<(M, f64, f64), TrainError> {
+        let (loss_value, grads) = match loss {
+            Some(loss) => {
+                let value = loss.clone().into_scalar::<f64>();
+                (value, GradientsParams::from_grads(loss.backward(), &model))
+            }
+            // A rank whose share of a short last batch is empty adds nothing.
+            None => (0.0, GradientsParams::new()),
+        };
+        let (grads, loss_value) = ranks.combine_gradients(&model, grads, loss_value, weight);
         let (model, grad_norm) = self.apply_gradients_checked(model, loss_value, grads, step)?;
         Ok((model, loss_value, grad_norm))
     }

@@ -10,7 +10,7 @@ use ember_data::{DataError, LabelSet, PaddedBatch, TokenVocab, Vocab, load_label
 use ember_model::{
     DecodeConfig, Seq2Seq, Seq2SeqConfig, SequenceClassifier, SequenceClassifierConfig,
     SequenceDecoderConfig, SequenceEncoderConfig, SequenceTagger, SequenceTaggerConfig,
-    cross_entropy, length_mask,
+    StepLoss, cross_entropy, length_mask,
 };
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -24,7 +24,7 @@ use crate::run::EVAL_CHUNK;
 use crate::run_dir::{RunLock, absolute, create_run_dir, reopen_run, resume_checkpoint};
 use crate::step::{GradientStep, optimizer_from};
 use crate::trainer::{CONFIG_FILE, METRICS_FILE, VOCAB_FILE, truncate_metrics};
-use crate::{Evaluation, TrainError, Training};
+use crate::{Evaluation, Ranks, TrainError, Training};
 
 /// The class names (or tag characters) of a run, inside its directory.
 pub const LABELS_FILE: &str = "labels.json";
@@ -271,6 +271,12 @@ pub trait SequenceTask: Module + Sized {
     /// The mean loss of a batch.
     fn loss(&self, batch: &[&Example], config: &RunConfig, device: &Device) -> Tensor<1>;
 
+    /// The number of terms [`loss`](Self::loss) averages over `batch`: its examples, unless
+    /// the loss is a mean over steps. A data-parallel run weighs each rank's loss by it.
+    fn loss_terms(batch: &[&Example], _config: &RunConfig) -> usize {
+        batch.len()
+    }
+
     /// The answers for a batch of inputs.
     fn predict(&self, sources: &[Vec<usize>], config: &RunConfig, device: &Device) -> Vec<Target>;
 }
@@ -348,6 +354,13 @@ impl SequenceTask for SequenceTagger {
         self.forward_loss(ids, &padding.lengths, tags, config.task.step_loss)
     }
 
+    fn loss_terms(batch: &[&Example], config: &RunConfig) -> usize {
+        match config.task.step_loss {
+            StepLoss::Sum => batch.len(),
+            StepLoss::Mean => batch.iter().map(|e| e.source.len()).sum(),
+        }
+    }
+
     fn predict(&self, sources: &[Vec<usize>], _: &RunConfig, device: &Device) -> Vec<Target> {
         let (ids, padding) = padded(sources, device);
         let tags = SequenceTagger::predict(self, ids, &padding.lengths);
@@ -388,6 +401,17 @@ impl SequenceTask for Seq2Seq {
         )
     }
 
+    /// Every target token and its end mark.
+    fn loss_terms(batch: &[&Example], _: &RunConfig) -> usize {
+        batch
+            .iter()
+            .map(|e| match &e.target {
+                Target::Sequence(ids) => ids.len() + 1,
+                _ => unreachable!("a pair dataset holds sequences"),
+            })
+            .sum()
+    }
+
     fn predict(&self, sources: &[Vec<usize>], config: &RunConfig, device: &Device) -> Vec<Target> {
         let (source, padding) = padded(sources, device);
         let decode =
@@ -424,22 +448,38 @@ pub struct TaskTrainer<M: SequenceTask> {
     epoch_order: Vec<usize>,
     progress: Progress,
     checkpoints: CheckpointDir,
-    _lock: RunLock,
+    ranks: Ranks,
+    /// Held by the rank that writes the run's files.
+    _lock: Option<RunLock>,
 }
 
 impl<M: SequenceTask> TaskTrainer<M> {
     /// Starts a new run in `run_dir` (created; it must not hold a run already).
-    pub fn create(
+    pub fn create(config: RunConfig, run_dir: &Path, device: &Device) -> Result<Self, TrainError> {
+        Self::create_on(config, run_dir, device, Ranks::single())
+    }
+
+    /// [`create`](Self::create) for one rank of a data-parallel run: every rank calls it with
+    /// the same arguments; rank 0 alone makes the run directory and writes into it. Each
+    /// batch's examples are shared among the ranks.
+    pub fn create_on(
         mut config: RunConfig,
         run_dir: &Path,
         device: &Device,
+        ranks: Ranks,
     ) -> Result<Self, TrainError> {
         let data = SequenceData::load(&config, None)?;
+        ranks.ensure_shares(config.data.batch_size, "examples per batch")?;
         ensure_task_fits(&config, &data, device)?;
         config.data.path = absolute(&config.data.path)?;
-        let lock = create_run_dir(run_dir, "--run-dir")?;
-        data.vocab.save(run_dir)?;
-        write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+        let lock = if ranks.is_primary() {
+            let lock = create_run_dir(run_dir, "--run-dir")?;
+            data.vocab.save(run_dir)?;
+            write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+            Some(lock)
+        } else {
+            None
+        };
         let train_device = device.clone().autodiff();
         train_device.seed(config.train.seed);
         let model = M::init(&config, &data.vocab, &train_device);
@@ -457,6 +497,7 @@ impl<M: SequenceTask> TaskTrainer<M> {
                 ..Progress::start()
             },
             config,
+            ranks,
             _lock: lock,
         })
     }
@@ -467,9 +508,20 @@ impl<M: SequenceTask> TaskTrainer<M> {
         overrides: &[String],
         device: &Device,
     ) -> Result<Self, TrainError> {
-        let (lock, config) = reopen_run(run_dir, overrides)?;
+        Self::resume_on(run_dir, overrides, device, Ranks::single())
+    }
+
+    /// [`resume`](Self::resume) for one rank of a data-parallel run, on any number of ranks.
+    pub fn resume_on(
+        run_dir: &Path,
+        overrides: &[String],
+        device: &Device,
+        ranks: Ranks,
+    ) -> Result<Self, TrainError> {
+        let (lock, config) = reopen_run(run_dir, overrides, ranks.is_primary())?;
         let vocab = TaskVocab::load(run_dir)?;
         let data = SequenceData::load(&config, Some(vocab))?;
+        ranks.ensure_shares(config.data.batch_size, "examples per batch")?;
         ensure_task_fits(&config, &data, device)?;
         let train_device = device.clone().autodiff();
         // Seeded as `create` seeds it, so a run with no checkpoint yet restarts as it began.
@@ -483,8 +535,10 @@ impl<M: SequenceTask> TaskTrainer<M> {
             &train_device,
             no_carried,
         )?;
-        truncate_metrics(&run_dir.join(METRICS_FILE), checkpoint.progress.step)?;
-        write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+        if ranks.is_primary() {
+            truncate_metrics(&run_dir.join(METRICS_FILE), checkpoint.progress.step)?;
+            write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+        }
         Ok(TaskTrainer {
             optimizer: GradientStep::with_optimizer(&config.optimizer, checkpoint.optimizer),
             checkpoints: CheckpointDir::new(run_dir),
@@ -499,6 +553,7 @@ impl<M: SequenceTask> TaskTrainer<M> {
                 ..checkpoint.progress
             },
             config,
+            ranks,
             _lock: lock,
         })
     }
@@ -564,15 +619,24 @@ impl<M: SequenceTask> Training for TaskTrainer<M> {
             self.config
                 .train
                 .seed
-                .wrapping_add(step.wrapping_mul(0x9E37_79B9)),
+                .wrapping_add(step.wrapping_mul(0x9E37_79B9))
+                .wrapping_add((self.ranks.rank() as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)),
         );
         let lines = self.batch_lines(step);
         let batch: Vec<&Example> = lines.iter().map(|&i| &self.data.train[i]).collect();
         let chars: usize = batch.iter().map(|e| e.source.len()).sum();
-        let loss = self.model.loss(&batch, &self.config, &train_device);
-        let (model, loss_value, grad_norm) =
-            self.optimizer
-                .apply_checked(self.model.clone(), loss, step)?;
+        // This rank's share of the batch; the last batch of an epoch may leave a rank none.
+        let mine = &batch[self.ranks.share(batch.len())];
+        let loss = (!mine.is_empty()).then(|| self.model.loss(mine, &self.config, &train_device));
+        let weight = M::loss_terms(mine, &self.config) as f64
+            / M::loss_terms(&batch, &self.config).max(1) as f64;
+        let (model, loss_value, grad_norm) = self.optimizer.apply_shared(
+            self.model.clone(),
+            loss,
+            weight,
+            &self.ranks,
+            step,
+        )?;
         self.model = model;
         self.progress.step += 1;
         self.progress.chars_seen += chars as u64;
@@ -584,13 +648,18 @@ impl<M: SequenceTask> Training for TaskTrainer<M> {
             return None;
         }
         let model = self.model.valid();
-        let (mut loss, mut right, mut total) = (0.0, 0, 0);
-        for batch in self.data.val.chunks(self.config.data.batch_size) {
+        let (mut loss, mut loss_terms, mut right, mut total) = (0.0, 0, 0, 0);
+        let mine = &self.data.val[self.ranks.share(self.data.val.len())];
+        for batch in mine.chunks(self.config.data.batch_size) {
             let batch: Vec<&Example> = batch.iter().collect();
+            // Weighted by the terms each batch's mean is over, so that the result is the mean
+            // over the whole split however it is cut into batches and ranks.
+            let terms = M::loss_terms(&batch, &self.config);
             loss += model
                 .loss(&batch, &self.config, &self.device)
                 .into_scalar::<f64>()
-                * batch.len() as f64;
+                * terms as f64;
+            loss_terms += terms;
             let sources: Vec<Vec<usize>> = batch.iter().map(|e| e.source.clone()).collect();
             for (predicted, example) in model
                 .predict(&sources, &self.config, &self.device)
@@ -602,13 +671,24 @@ impl<M: SequenceTask> Training for TaskTrainer<M> {
                 total += t;
             }
         }
+        let mut sums = [loss, loss_terms as f64, right as f64, total as f64];
+        self.ranks.sum(&mut sums);
         Some(Evaluation {
-            loss: loss / self.data.val.len() as f64,
-            accuracy: Some(right as f64 / total.max(1) as f64),
+            loss: sums[0] / sums[1].max(1.0),
+            accuracy: Some(sums[2] / sums[3].max(1.0)),
         })
     }
 
+    fn ranks(&self) -> &Ranks {
+        &self.ranks
+    }
+
     fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
+        self.ranks
+            .check_same_weights(&self.model, self.progress.step)?;
+        if !self.ranks.is_primary() {
+            return Ok(self.checkpoints.step_dir(self.progress.step));
+        }
         self.checkpoints.save_and_prune(
             &self.model,
             self.optimizer.optimizer(),

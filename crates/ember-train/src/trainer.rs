@@ -6,7 +6,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::ModuleOptimizer;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ember_data::{Chunk, Corpus, Splits, StreamBatcher, Vocab};
-use ember_model::{CharLm, CharLmConfig, RecurrentState};
+use ember_model::{CharLm, CharLmConfig, LayerState, RecurrentState};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointDir, Progress, char_lm_carried, write_atomically};
@@ -15,6 +15,7 @@ use crate::memory::{backend_name, ensure_training_fits};
 use crate::metrics::read_metrics;
 use crate::run_dir::{RunLock, absolute, create_run_dir, reopen_run, resume_checkpoint};
 use crate::step::{GradientStep, optimizer_for};
+use crate::Ranks;
 use crate::{Evaluation, TrainError, Training};
 
 /// The resolved config of a run, inside its directory.
@@ -46,6 +47,10 @@ pub struct MetricsRecord {
     pub val_accuracy: Option<f64>,
     /// The epoch of this step's chunk.
     pub epoch: u64,
+    /// In a data-parallel run, the mean time per step since the previous record spent summing
+    /// gradients across ranks, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub allreduce_ms: Option<f64>,
 }
 
 /// What ended a call to [`Trainer::run`].
@@ -69,25 +74,41 @@ pub struct Trainer {
     val: Option<StreamBatcher>,
     vocab: Vocab,
     progress: Progress,
+    /// This rank's streams' state, carried into the next chunk.
     carried: Option<RecurrentState>,
     checkpoints: CheckpointDir,
-    _lock: RunLock,
+    ranks: Ranks,
+    /// Held by the rank that writes the run's files.
+    _lock: Option<RunLock>,
 }
 
 impl Trainer {
     /// Starts a new run in `run_dir` (created; it must not hold a run already).
-    pub fn create(
+    pub fn create(config: RunConfig, run_dir: &Path, device: &Device) -> Result<Self, TrainError> {
+        Self::create_on(config, run_dir, device, Ranks::single())
+    }
+
+    /// [`create`](Self::create) for one rank of a data-parallel run: every rank calls it with
+    /// the same arguments; rank 0 alone makes the run directory and writes into it.
+    pub fn create_on(
         mut config: RunConfig,
         run_dir: &Path,
         device: &Device,
+        ranks: Ranks,
     ) -> Result<Self, TrainError> {
         let corpus = Corpus::load_with(&config.data.path, None, config.data.max_bytes)?;
         let streams = streams(&config, corpus)?;
-        ensure_char_lm_fits(&config, streams.0.len(), device)?;
+        ranks.ensure_shares(config.data.batch_size, "streams")?;
+        ensure_char_lm_fits(&config, streams.0.len(), device, &ranks)?;
         config.data.path = absolute(&config.data.path)?;
-        let lock = create_run_dir(run_dir, "--run-dir")?;
-        streams.0.save(&run_dir.join(VOCAB_FILE))?;
-        write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+        let lock = if ranks.is_primary() {
+            let lock = create_run_dir(run_dir, "--run-dir")?;
+            streams.0.save(&run_dir.join(VOCAB_FILE))?;
+            write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+            Some(lock)
+        } else {
+            None
+        };
 
         let train_device = device.clone().autodiff();
         train_device.seed(config.train.seed);
@@ -95,7 +116,7 @@ impl Trainer {
         let optimizer = optimizer_for(&config);
         let progress = Progress::start();
         Self::assemble(
-            config, run_dir, device, streams, model, optimizer, progress, None, lock,
+            config, run_dir, device, streams, model, optimizer, progress, None, lock, ranks,
         )
     }
 
@@ -106,11 +127,24 @@ impl Trainer {
         overrides: &[String],
         device: &Device,
     ) -> Result<Self, TrainError> {
-        let (lock, config) = reopen_run(run_dir, overrides)?;
+        Self::resume_on(run_dir, overrides, device, Ranks::single())
+    }
+
+    /// [`resume`](Self::resume) for one rank of a data-parallel run, on any number of ranks:
+    /// the checkpoint holds every stream's state, and each rank takes its share. Rank 0 alone
+    /// locks the run directory and writes into it; the others only read it.
+    pub fn resume_on(
+        run_dir: &Path,
+        overrides: &[String],
+        device: &Device,
+        ranks: Ranks,
+    ) -> Result<Self, TrainError> {
+        let (lock, config) = reopen_run(run_dir, overrides, ranks.is_primary())?;
         let vocab = Vocab::load(&run_dir.join(VOCAB_FILE))?;
         let corpus = Corpus::load_with(&config.data.path, Some(vocab), config.data.max_bytes)?;
         let streams = streams(&config, corpus)?;
-        ensure_char_lm_fits(&config, streams.0.len(), device)?;
+        ranks.ensure_shares(config.data.batch_size, "streams")?;
+        ensure_char_lm_fits(&config, streams.0.len(), device, &ranks)?;
         let train_device = device.clone().autodiff();
         // Seeded as `create` seeds it, so a run with no checkpoint yet restarts as it began.
         train_device.seed(config.train.seed);
@@ -128,8 +162,14 @@ impl Trainer {
             run_dir.display(),
             checkpoint.progress.step
         );
-        truncate_metrics(&run_dir.join(METRICS_FILE), checkpoint.progress.step)?;
-        write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+        if ranks.is_primary() {
+            truncate_metrics(&run_dir.join(METRICS_FILE), checkpoint.progress.step)?;
+            write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+        }
+        let streams_here = ranks.share(config.data.batch_size);
+        let carried = checkpoint
+            .carried
+            .map(|state| state.map(|t| t.slice([streams_here.clone()])));
         Self::assemble(
             config,
             run_dir,
@@ -138,8 +178,9 @@ impl Trainer {
             checkpoint.model,
             checkpoint.optimizer,
             checkpoint.progress,
-            checkpoint.carried,
+            carried,
             lock,
+            ranks,
         )
     }
 
@@ -153,7 +194,8 @@ impl Trainer {
         optimizer: ModuleOptimizer,
         progress: Progress,
         carried: Option<RecurrentState>,
-        lock: RunLock,
+        lock: Option<RunLock>,
+        ranks: Ranks,
     ) -> Result<Self, TrainError> {
         let progress = Progress {
             backend: Some(backend_name(device)),
@@ -171,6 +213,7 @@ impl Trainer {
             vocab,
             progress,
             carried,
+            ranks,
             _lock: lock,
         })
     }
@@ -201,27 +244,38 @@ impl Trainer {
     }
 
     /// One optimizer step on the next chunk. Returns the chunk's loss and the gradient norm.
+    ///
+    /// In a data-parallel run each rank reads its share of the chunk's streams; the loss and the
+    /// update are those of the whole chunk on every rank.
     pub fn train_step(&mut self) -> Result<(f64, f64), TrainError> {
         let train_device = self.device.clone().autodiff();
         let chunk = self.train.next_chunk(&mut self.progress.cursor);
         let step = self.progress.step;
         // Dropout draws from the device generator: seeding it from the step makes a resumed run
-        // draw the same masks as an uninterrupted one.
+        // draw the same masks as an uninterrupted one, and from the rank gives each rank's
+        // streams masks of their own.
         train_device.seed(
             self.config
                 .train
                 .seed
-                .wrapping_add(step.wrapping_mul(0x9E37_79B9)),
+                .wrapping_add(step.wrapping_mul(0x9E37_79B9))
+                .wrapping_add((self.ranks.rank() as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)),
         );
+        let mine = chunk.rows(self.ranks.share(chunk.batch_size));
         let state = match self.carried.take() {
             Some(state) if !chunk.starts_epoch => state.detach(),
-            _ => self.model.zero_state(chunk.batch_size, &train_device),
+            _ => self.model.zero_state(mine.batch_size, &train_device),
         };
-        let (inputs, targets) = chunk_tensors(&chunk, &train_device);
+        let (inputs, targets) = chunk_tensors(&mine, &train_device);
         let (loss, state) = self.model.forward_loss(inputs, targets, Some(state));
-        let (model, loss_value, grad_norm) =
-            self.optimizer
-                .apply_checked(self.model.clone(), loss, step)?;
+        let weight = mine.batch_size as f64 / chunk.batch_size as f64;
+        let (model, loss_value, grad_norm) = self.optimizer.apply_shared(
+            self.model.clone(),
+            Some(loss),
+            weight,
+            &self.ranks,
+            step,
+        )?;
         self.model = model;
         self.carried = Some(state.detach());
         self.progress.step += 1;
@@ -237,22 +291,96 @@ impl Trainer {
             0 => usize::MAX,
             n => n,
         };
-        Some(mean_loss(
+        let streams = self.ranks.share(val.batch_size());
+        let (total, count) = loss_sum(
             &self.model.valid(),
-            val.all_chunks().take(limit),
+            val.all_chunks()
+                .take(limit)
+                .map(|chunk| chunk.rows(streams.clone())),
             &self.device,
-        ))
+        );
+        let mut sums = [total, count as f64];
+        self.ranks.sum(&mut sums);
+        Some(sums[0] / sums[1].max(1.0))
     }
 
-    /// Writes a checkpoint of the current state and prunes old ones.
+    /// Writes a checkpoint of the current state and prunes old ones. In a data-parallel run
+    /// every rank calls it: the ranks' weights are compared, rank 0 gathers every stream's
+    /// state and writes the checkpoint, and every rank gets its path back.
     pub fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
+        self.ranks
+            .check_same_weights(&self.model, self.progress.step)?;
+        let carried = self.gathered_carried();
+        if !self.ranks.is_primary() {
+            return Ok(self.checkpoints.step_dir(self.progress.step));
+        }
         self.checkpoints.save_and_prune(
             &self.model,
             self.optimizer.optimizer(),
-            self.carried.as_ref(),
+            carried.as_ref(),
             &self.progress,
             self.config.train.keep_checkpoints,
         )
+    }
+
+    /// Every stream's carried state, in stream order: this rank's own, or all ranks' shares
+    /// gathered (every rank must call it then).
+    fn gathered_carried(&self) -> Option<RecurrentState> {
+        if !self.ranks.is_distributed() {
+            return self.carried.clone();
+        }
+        let any_carried = self.ranks.any(self.carried.is_some());
+        if !any_carried {
+            return None;
+        }
+        let (cell, layers, d_hidden) = (
+            self.config.model.cell,
+            self.config.model.num_layers,
+            self.config.model.d_hidden,
+        );
+        let batch_size = self.config.data.batch_size;
+        let local = self.carried.clone().unwrap_or_else(|| {
+            self.model
+                .zero_state(self.ranks.share(batch_size).len(), &self.device)
+        });
+        let mut bytes = Vec::new();
+        for tensor in state_tensors(local) {
+            let values = tensor.into_data().convert::<f32>();
+            for value in values.as_slice::<f32>().expect("converted to f32") {
+                bytes.extend_from_slice(&value.to_le_bytes());
+            }
+        }
+        let shares: Vec<Vec<Tensor<2>>> = self
+            .ranks
+            .all_gather(&bytes)
+            .iter()
+            .enumerate()
+            .map(|(rank, bytes)| {
+                let rows = self.ranks.share_of(rank, batch_size).len();
+                let values: Vec<f32> = bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                values
+                    .chunks_exact(rows * d_hidden)
+                    .map(|part| {
+                        Tensor::from_data(TensorData::new(part.to_vec(), [rows, d_hidden]), &self.device)
+                    })
+                    .collect()
+            })
+            .collect();
+        let per_layer = if cell.has_cell_state() { 2 } else { 1 };
+        let joined = |index: usize| {
+            Tensor::cat(shares.iter().map(|share| share[index].clone()).collect(), 0)
+        };
+        Some(RecurrentState {
+            layers: (0..layers)
+                .map(|layer| LayerState {
+                    hidden: joined(layer * per_layer),
+                    cell: (per_layer == 2).then(|| joined(layer * per_layer + 1)),
+                })
+                .collect(),
+        })
     }
 }
 
@@ -291,6 +419,19 @@ impl Training for Trainer {
     fn save_checkpoint(&self) -> Result<PathBuf, TrainError> {
         Trainer::save_checkpoint(self)
     }
+
+    fn ranks(&self) -> &Ranks {
+        &self.ranks
+    }
+}
+
+/// A state's tensors, layer by layer: the hidden vector, then the cell vector where there is one.
+fn state_tensors(state: RecurrentState) -> Vec<Tensor<2>> {
+    state
+        .layers
+        .into_iter()
+        .flat_map(|layer| std::iter::once(layer.hidden).chain(layer.cell))
+        .collect()
 }
 
 /// The run's vocabulary with its training and validation streams, made before anything is
@@ -330,8 +471,9 @@ fn ensure_char_lm_fits(
     config: &RunConfig,
     vocab_size: usize,
     device: &Device,
+    ranks: &Ranks,
 ) -> Result<(), TrainError> {
-    let positions = config.data.batch_size * config.data.seq_len;
+    let positions = ranks.share(config.data.batch_size).len() * config.data.seq_len;
     ensure_training_fits(config, vocab_size, vocab_size, positions, device)
 }
 
@@ -370,6 +512,17 @@ pub fn chunk_tensors(chunk: &Chunk, device: &Device) -> (Tensor<2, Int>, Tensor<
 /// The mean next-character loss over `chunks`, read in order with the state carried between
 /// them (reset where a chunk starts an epoch), weighting every prediction equally.
 pub fn mean_loss(model: &CharLm, chunks: impl Iterator<Item = Chunk>, device: &Device) -> f64 {
+    let (total, count) = loss_sum(model, chunks, device);
+    total / count.max(1) as f64
+}
+
+/// The summed next-character loss over `chunks` and the number of predictions it sums, as
+/// [`mean_loss`] reads them.
+fn loss_sum(
+    model: &CharLm,
+    chunks: impl Iterator<Item = Chunk>,
+    device: &Device,
+) -> (f64, usize) {
     let mut state: Option<RecurrentState> = None;
     let (mut total, mut count) = (0.0, 0usize);
     for chunk in chunks {
@@ -384,7 +537,7 @@ pub fn mean_loss(model: &CharLm, chunks: impl Iterator<Item = Chunk>, device: &D
         count += predictions;
         state = Some(next);
     }
-    total / count.max(1) as f64
+    (total, count)
 }
 
 /// Drops the metrics lines after `step`: an interrupted run may have logged steps its last

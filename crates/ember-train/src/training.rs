@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::TrainError;
+use crate::{Ranks, TrainError};
 use crate::checkpoint::Progress;
 use crate::config::{RunConfig, TaskKind};
 use crate::error::io_error;
@@ -38,11 +38,17 @@ pub trait Training {
     fn train_step(&mut self) -> Result<(f64, f64), TrainError>;
     /// Measures the model on the validation split, if there is one.
     fn evaluate(&self) -> Option<Evaluation>;
-    /// Writes a checkpoint and prunes old ones.
+    /// Writes a checkpoint and prunes old ones (in a data-parallel run every rank calls it,
+    /// rank 0 writes).
     fn save_checkpoint(&self) -> Result<PathBuf, TrainError>;
+    /// This process's place among the ranks of the run.
+    fn ranks(&self) -> &Ranks;
 
     /// Trains until `train.steps` or until `stop` is raised, logging metrics and writing
     /// checkpoints; `on_record` sees every metrics line as it is written.
+    ///
+    /// In a data-parallel run every rank runs this loop in step: `stop` raised on any rank
+    /// stops them all after the same step, and rank 0 alone writes metrics and sees records.
     fn run(
         &mut self,
         stop: &AtomicBool,
@@ -51,15 +57,20 @@ pub trait Training {
         let train_config = self.config().train.clone();
         use_threads(train_config.threads);
         let metrics_path = self.run_dir().join(METRICS_FILE);
-        let mut metrics = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(io_error(&metrics_path))?;
+        let mut metrics = match self.ranks().is_primary() {
+            true => Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&metrics_path)
+                    .map_err(io_error(&metrics_path))?,
+            ),
+            false => None,
+        };
         let mut interval_start = Instant::now();
         let mut interval_chars = self.progress().chars_seen;
         while self.progress().step < train_config.steps {
-            if stop.load(Ordering::SeqCst) {
+            if self.ranks().any(stop.load(Ordering::SeqCst)) {
                 self.save_checkpoint()?;
                 return Ok(RunOutcome::Interrupted);
             }
@@ -109,24 +120,30 @@ pub trait Training {
                     val_loss: evaluation.map(|e| e.loss),
                     val_accuracy: evaluation.and_then(|e| e.accuracy),
                     epoch,
+                    allreduce_ms: self
+                        .ranks()
+                        .take_reduce_time()
+                        .map(|(mean, _)| mean.as_secs_f64() * 1e3),
                 };
                 interval_start = Instant::now();
                 interval_chars = chars_seen;
-                let line = serde_json::to_string(&record).expect("metrics serialize");
-                writeln!(metrics, "{line}").map_err(io_error(&metrics_path))?;
-                metrics.flush().map_err(io_error(&metrics_path))?;
-                log::info!(
-                    "step {step} loss {loss:.4} lr {lr:.2e} grad_norm {grad_norm:.3}{}{}",
-                    record
-                        .val_loss
-                        .map(|v| format!(" val_loss {v:.4}"))
-                        .unwrap_or_default(),
-                    record
-                        .val_accuracy
-                        .map(|v| format!(" val_accuracy {v:.4}"))
-                        .unwrap_or_default()
-                );
-                on_record(&record);
+                if let Some(metrics) = metrics.as_mut() {
+                    let line = serde_json::to_string(&record).expect("metrics serialize");
+                    writeln!(metrics, "{line}").map_err(io_error(&metrics_path))?;
+                    metrics.flush().map_err(io_error(&metrics_path))?;
+                    log::info!(
+                        "step {step} loss {loss:.4} lr {lr:.2e} grad_norm {grad_norm:.3}{}{}",
+                        record
+                            .val_loss
+                            .map(|v| format!(" val_loss {v:.4}"))
+                            .unwrap_or_default(),
+                        record
+                            .val_accuracy
+                            .map(|v| format!(" val_accuracy {v:.4}"))
+                            .unwrap_or_default()
+                    );
+                    on_record(&record);
+                }
             }
             if step % train_config.checkpoint_every == 0 || step == train_config.steps {
                 self.save_checkpoint()?;
