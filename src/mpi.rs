@@ -79,6 +79,9 @@ impl Collective for World {
     }
 
     fn all_gather(&self, local: &[u8]) -> Vec<Vec<u8>> {
+        // Open MPI refuses a gather of nothing at all (MPI_ERR_ARG): every rank sends a leading
+        // byte, dropped below.
+        let local: Vec<u8> = std::iter::once(0).chain(local.iter().copied()).collect();
         let size = self.size();
         let count = i32::try_from(local.len()).expect("a gathered buffer under 2 GiB");
         let mut counts = vec![0i32; size];
@@ -96,12 +99,13 @@ impl Collective for World {
         {
             let mut partition =
                 PartitionMut::new(&mut gathered[..], &counts[..], &displacements[..]);
-            self.world.all_gather_varcount_into(local, &mut partition);
+            self.world
+                .all_gather_varcount_into(&local[..], &mut partition);
         }
         counts
             .iter()
             .zip(&displacements)
-            .map(|(&count, &start)| gathered[start as usize..(start + count) as usize].to_vec())
+            .map(|(&count, &start)| gathered[start as usize + 1..(start + count) as usize].to_vec())
             .collect()
     }
 }

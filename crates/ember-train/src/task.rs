@@ -23,7 +23,7 @@ use crate::memory::{backend_name, ensure_inference_fits, ensure_training_fits};
 use crate::run::EVAL_CHUNK;
 use crate::run_dir::{RunLock, absolute, create_run_dir, reopen_run, resume_checkpoint};
 use crate::step::{GradientStep, optimizer_from};
-use crate::trainer::{CONFIG_FILE, METRICS_FILE, VOCAB_FILE, truncate_metrics};
+use crate::trainer::{CONFIG_FILE, METRICS_FILE, VOCAB_FILE, drawn, truncate_metrics};
 use crate::{Evaluation, Ranks, TrainError, Training};
 
 /// The class names (or tag characters) of a run, inside its directory.
@@ -482,7 +482,7 @@ impl<M: SequenceTask> TaskTrainer<M> {
         };
         let train_device = device.clone().autodiff();
         train_device.seed(config.train.seed);
-        let model = M::init(&config, &data.vocab, &train_device);
+        let model = drawn(M::init(&config, &data.vocab, &train_device));
         Ok(TaskTrainer {
             optimizer: GradientStep::new(&config.optimizer),
             checkpoints: CheckpointDir::new(run_dir),
@@ -526,7 +526,7 @@ impl<M: SequenceTask> TaskTrainer<M> {
         let train_device = device.clone().autodiff();
         // Seeded as `create` seeds it, so a run with no checkpoint yet restarts as it began.
         train_device.seed(config.train.seed);
-        let template = M::init(&config, &data.vocab, &train_device);
+        let template = drawn(M::init(&config, &data.vocab, &train_device));
         let checkpoint = resume_checkpoint(
             run_dir,
             &config,

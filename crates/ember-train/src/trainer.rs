@@ -489,7 +489,7 @@ pub fn model_config(config: &RunConfig, vocab_size: usize) -> CharLmConfig {
 /// `model` with every parameter drawn now, in declaration order. Burn draws a parameter's
 /// initial values when it is first read, so without this the order in which a training step and
 /// a checkpoint read them could give one seed two different models.
-fn drawn<M: Module>(model: M) -> M {
+pub(crate) fn drawn<M: Module>(model: M) -> M {
     struct Draw;
     impl ModuleVisitor for Draw {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
