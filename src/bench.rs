@@ -6,6 +6,8 @@
 //! machine.
 
 mod library;
+#[cfg(feature = "mpi")]
+pub mod scaling;
 
 use std::io::Write;
 use std::path::Path;

@@ -18,8 +18,7 @@ use ember_model::torch::{TorchError, TorchLayout};
 use ember_model::{SampleConfig, SampleError, Seq2Seq, SequenceClassifier, SequenceTagger};
 use ember_train::inspect::group_digits;
 use ember_train::{
-    CONFIG_FILE, Inspection, Run, RunInfo, TaskKind, TaskRun, TrainError, human_bytes,
-    plot_losses,
+    CONFIG_FILE, Inspection, Run, RunInfo, TaskKind, TaskRun, TrainError, human_bytes, plot_losses,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -222,6 +221,17 @@ struct BenchArgs {
     /// language-model cases and on as many as Burn's pool has for the library cases.
     #[arg(long, conflicts_with = "case")]
     pytorch: Option<PathBuf>,
+    /// Instead of the cases: data-parallel scaling, one process on N threads against
+    /// `mpirun -n N` ranks of one thread (a build with the `mpi` feature).
+    #[arg(long, value_name = "N", conflicts_with_all = ["case", "filter", "pytorch"])]
+    ranks: Option<usize>,
+    /// The config `--ranks` trains.
+    #[arg(
+        long,
+        default_value = "configs/shakespeare-lstm.toml",
+        requires = "ranks"
+    )]
+    train_config: PathBuf,
 }
 
 #[derive(Args)]
@@ -338,6 +348,15 @@ fn run(cli: Cli) -> Result<()> {
                 return Err(usage(format!(
                     "--seconds must be positive, got {}",
                     args.seconds
+                )));
+            }
+            if let Some(ranks) = args.ranks {
+                #[cfg(feature = "mpi")]
+                return bench::scaling::run(ranks, &args.train_config, args.seconds);
+                #[cfg(not(feature = "mpi"))]
+                return Err(usage(format!(
+                    "--ranks {ranks}: this ember was built without the `mpi` feature \
+                     (cargo build --release --features mpi)"
                 )));
             }
             match &args.case {

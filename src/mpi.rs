@@ -32,8 +32,12 @@ impl World {
     /// pool sized for the ranks sharing this machine; `None` for a process started any other
     /// way, which trains alone as it always has.
     pub(crate) fn launched(args: &TrainArgs) -> Result<Option<Rc<World>>> {
-        const LAUNCHER_VARIABLES: [&str; 4] =
-            ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "MPI_LOCALNRANKS"];
+        const LAUNCHER_VARIABLES: [&str; 4] = [
+            "OMPI_COMM_WORLD_SIZE",
+            "PMIX_RANK",
+            "PMI_SIZE",
+            "MPI_LOCALNRANKS",
+        ];
         if !LAUNCHER_VARIABLES
             .iter()
             .any(|name| std::env::var_os(name).is_some())
@@ -149,15 +153,16 @@ pub(crate) fn train(
             // Another rank may be waiting in a collective operation that this one will never
             // join: the job ends here, with this error's status.
             let status = exit_status(&error);
-            let everyone_saw_it = error
-                .downcast_ref::<ember_train::TrainError>()
-                .is_some_and(|e| {
-                    matches!(
-                        e,
-                        ember_train::TrainError::Diverged { .. }
-                            | ember_train::TrainError::RanksDiverged { .. }
-                    )
-                });
+            let everyone_saw_it =
+                error
+                    .downcast_ref::<ember_train::TrainError>()
+                    .is_some_and(|e| {
+                        matches!(
+                            e,
+                            ember_train::TrainError::Diverged { .. }
+                                | ember_train::TrainError::RanksDiverged { .. }
+                        )
+                    });
             if ranks.is_primary() || !everyone_saw_it {
                 eprintln!("error: rank {}: {}", ranks.rank(), crate::message(&error));
             }

@@ -53,9 +53,7 @@ fn resumed_trainer(
 ) -> Result<Box<dyn Training>> {
     let ranks = ranks.clone();
     Ok(match run_task(run_dir) {
-        TaskKind::LanguageModel => {
-            Box::new(Trainer::resume_on(run_dir, overrides, device, ranks)?)
-        }
+        TaskKind::LanguageModel => Box::new(Trainer::resume_on(run_dir, overrides, device, ranks)?),
         TaskKind::Classify => Box::new(TaskTrainer::<SequenceClassifier>::resume_on(
             run_dir, overrides, device, ranks,
         )?),
@@ -354,4 +352,3 @@ fn default_run_dir(config_path: &Path) -> PathBuf {
         .map_or("run".into(), |s| s.to_string_lossy().into_owned());
     PathBuf::from("runs").join(stem)
 }
-

@@ -163,7 +163,11 @@ fn a_run_resumes_on_another_number_of_ranks() {
     let one_then_two = dir.path().join("one-then-two");
     run_ok(ember().args(train_args("configs/smoke.toml", &one_then_two, 20, &[])));
     run_ok(mpirun(2).args(resume_args(&one_then_two, 40)));
-    assert_same_losses("1 process, then 2 ranks", &reference, &metrics(&one_then_two));
+    assert_same_losses(
+        "1 process, then 2 ranks",
+        &reference,
+        &metrics(&one_then_two),
+    );
 }
 
 /// The pid of rank `rank` among the children of `mpirun`'s process `launcher`.
@@ -282,7 +286,10 @@ fn bad_input_stops_every_rank_as_it_stops_one_process() {
             // One process trains one stream; two ranks cannot share it.
             assert!(single.status.success(), "{single_err}");
             assert_eq!(ranks_status, Some(2), "{ranks_err}");
-            assert!(ranks_err.contains("2 ranks cannot share 1 streams"), "{ranks_err}");
+            assert!(
+                ranks_err.contains("2 ranks cannot share 1 streams"),
+                "{ranks_err}"
+            );
             continue;
         }
         assert_ne!(single_status, Some(0), "{label}: {single_err}");
@@ -296,6 +303,11 @@ fn bad_input_stops_every_rank_as_it_stops_one_process() {
             1,
             "{label}: the single process's error, once: {ranks_err}"
         );
-        assert!(!dir.path().join(format!("ranks-{i}")).join("config.toml").exists());
+        assert!(
+            !dir.path()
+                .join(format!("ranks-{i}"))
+                .join("config.toml")
+                .exists()
+        );
     }
 }

@@ -45,7 +45,11 @@ impl Chunk {
     /// # Panics
     /// If `streams` reaches past `batch_size`.
     pub fn rows(&self, streams: std::ops::Range<usize>) -> Chunk {
-        assert!(streams.end <= self.batch_size, "streams {streams:?} of {}", self.batch_size);
+        assert!(
+            streams.end <= self.batch_size,
+            "streams {streams:?} of {}",
+            self.batch_size
+        );
         let cells = streams.start * self.seq_len..streams.end * self.seq_len;
         Chunk {
             inputs: self.inputs[cells.clone()].to_vec(),

@@ -344,7 +344,10 @@ mod tests {
     fn more_ranks_than_streams_is_an_error() {
         let ranks = Ranks::new(Rc::new(Place(0, 3)));
         let error = ranks.ensure_shares(2, "streams").unwrap_err();
-        assert!(error.to_string().contains("3 ranks cannot share 2 streams"), "{error}");
+        assert!(
+            error.to_string().contains("3 ranks cannot share 2 streams"),
+            "{error}"
+        );
         assert!(ranks.ensure_shares(3, "streams").is_ok());
     }
 }

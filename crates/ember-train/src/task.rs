@@ -9,8 +9,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use ember_data::{DataError, LabelSet, PaddedBatch, TokenVocab, Vocab, load_labelled, load_pairs};
 use ember_model::{
     DecodeConfig, Seq2Seq, Seq2SeqConfig, SequenceClassifier, SequenceClassifierConfig,
-    SequenceDecoderConfig, SequenceEncoderConfig, SequenceTagger, SequenceTaggerConfig,
-    StepLoss, cross_entropy, length_mask,
+    SequenceDecoderConfig, SequenceEncoderConfig, SequenceTagger, SequenceTaggerConfig, StepLoss,
+    cross_entropy, length_mask,
 };
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -630,13 +630,9 @@ impl<M: SequenceTask> Training for TaskTrainer<M> {
         let loss = (!mine.is_empty()).then(|| self.model.loss(mine, &self.config, &train_device));
         let weight = M::loss_terms(mine, &self.config) as f64
             / M::loss_terms(&batch, &self.config).max(1) as f64;
-        let (model, loss_value, grad_norm) = self.optimizer.apply_shared(
-            self.model.clone(),
-            loss,
-            weight,
-            &self.ranks,
-            step,
-        )?;
+        let (model, loss_value, grad_norm) =
+            self.optimizer
+                .apply_shared(self.model.clone(), loss, weight, &self.ranks, step)?;
         self.model = model;
         self.progress.step += 1;
         self.progress.chars_seen += chars as u64;

@@ -9,13 +9,13 @@ use ember_data::{Chunk, Corpus, Splits, StreamBatcher, Vocab};
 use ember_model::{CharLm, CharLmConfig, LayerState, RecurrentState};
 use serde::{Deserialize, Serialize};
 
+use crate::Ranks;
 use crate::checkpoint::{CheckpointDir, Progress, char_lm_carried, write_atomically};
 use crate::config::RunConfig;
 use crate::memory::{backend_name, ensure_training_fits};
 use crate::metrics::read_metrics;
 use crate::run_dir::{RunLock, absolute, create_run_dir, reopen_run, resume_checkpoint};
 use crate::step::{GradientStep, optimizer_for};
-use crate::Ranks;
 use crate::{Evaluation, TrainError, Training};
 
 /// The resolved config of a run, inside its directory.
@@ -364,7 +364,10 @@ impl Trainer {
                 values
                     .chunks_exact(rows * d_hidden)
                     .map(|part| {
-                        Tensor::from_data(TensorData::new(part.to_vec(), [rows, d_hidden]), &self.device)
+                        Tensor::from_data(
+                            TensorData::new(part.to_vec(), [rows, d_hidden]),
+                            &self.device,
+                        )
                     })
                     .collect()
             })
@@ -518,11 +521,7 @@ pub fn mean_loss(model: &CharLm, chunks: impl Iterator<Item = Chunk>, device: &D
 
 /// The summed next-character loss over `chunks` and the number of predictions it sums, as
 /// [`mean_loss`] reads them.
-fn loss_sum(
-    model: &CharLm,
-    chunks: impl Iterator<Item = Chunk>,
-    device: &Device,
-) -> (f64, usize) {
+fn loss_sum(model: &CharLm, chunks: impl Iterator<Item = Chunk>, device: &Device) -> (f64, usize) {
     let mut state: Option<RecurrentState> = None;
     let (mut total, mut count) = (0.0, 0usize);
     for chunk in chunks {

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::{Ranks, TrainError};
 use crate::checkpoint::Progress;
 use crate::config::{RunConfig, TaskKind};
 use crate::error::io_error;
 use crate::trainer::{METRICS_FILE, MetricsRecord, RunOutcome};
+use crate::{Ranks, TrainError};
 
 /// What an evaluation on the validation split measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
