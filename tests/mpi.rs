@@ -311,3 +311,35 @@ fn bad_input_stops_every_rank_as_it_stops_one_process() {
         );
     }
 }
+
+#[test]
+fn bench_ranks_prints_the_scaling_of_both_layouts() {
+    let _machine = MACHINE.lock().unwrap_or_else(|e| e.into_inner());
+    let output = run_ok(ember().args([
+        "bench",
+        "--ranks",
+        "2",
+        "--seconds",
+        "0.5",
+        "--train-config",
+        "configs/smoke.toml",
+    ]));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(
+        (lines[0]["ranks"].as_u64(), lines[1]["ranks"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(lines[0]["threads_per_rank"].as_u64(), Some(2));
+    for line in &lines {
+        assert!(line["chars_per_sec"].as_f64().unwrap() > 0.0, "{line}");
+    }
+    let share = lines[1]["allreduce_share"]
+        .as_f64()
+        .expect("the all-reduce's share");
+    assert!((0.0..1.0).contains(&share), "{share}");
+    assert!(lines[0].get("allreduce_ms").is_none());
+}

@@ -13,7 +13,27 @@ use std::process::{Command, Stdio};
 use common::*;
 
 /// README commands that other tests run, and which.
-const RUN_ELSEWHERE: [(&str, &str); 5] = [
+const RUN_ELSEWHERE: [(&str, &str); 10] = [
+    (
+        "apt-get install -y openmpi-bin libopenmpi-dev libclang-dev",
+        "no test: it installs system packages; .ci/run runs it before the tests",
+    ),
+    (
+        "cargo build --release --features mpi",
+        "tests/mpi.rs, which runs the binary `--features mpi` builds (CI)",
+    ),
+    (
+        "mpirun -n 2 target/release/ember train --config configs/shakespeare-lstm.toml",
+        "tests/mpi.rs trains this config on 2 ranks against one process (CI, `--features mpi`)",
+    ),
+    (
+        "mpirun --hostfile hosts -n 8 --map-by node target/release/ember train --config configs/shakespeare-lstm.toml",
+        "no test: it needs several machines; tests/mpi.rs runs the same command on one",
+    ),
+    (
+        "ember bench --ranks 2 --seconds 8",
+        "tests/mpi.rs, with a shorter budget (CI, `--features mpi`)",
+    ),
     (
         "cargo build --release",
         "every end-to-end test: it runs the binary this command builds",
