@@ -7,7 +7,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use common::*;
 use ember_kernels::calls_on_this_thread;
-use ember_model::ops::{self, Kernel, has_host_kernels};
+use ember_model::ops::{self, Kernel, device_kernel_calls_on_this_thread, has_host_kernels};
 use ember_model::{CellKind, CharLmConfig, LayerState, StackedRecurrentConfig};
 
 /// f32 kernels against f32 primitives: the values differ by the rounding of a different order
@@ -135,17 +135,27 @@ fn the_op_equals_the_reference_composition() {
                 for masked in [false, true] {
                     let leaves = leaves(cell, seq_len, batch, d_hidden, masked, &device);
                     let calls = calls_on_this_thread();
+                    let device_calls = device_kernel_calls_on_this_thread();
                     let fast = run(cell, &leaves, Kernel::Auto);
                     let host_calls = calls_on_this_thread() - calls;
+                    let gpu_calls = device_kernel_calls_on_this_thread() - device_calls;
                     let reference = run(cell, &leaves, Kernel::Reference);
                     assert_eq!(
                         calls_on_this_thread() - calls,
                         host_calls,
                         "the reference ran host code"
                     );
-                    // A forward and a backward pass on the CPU backends, nothing elsewhere.
+                    assert_eq!(
+                        device_kernel_calls_on_this_thread() - device_calls,
+                        gpu_calls,
+                        "the reference ran the CubeCL kernels"
+                    );
+                    // A forward and a backward pass on the CPU backends, nothing elsewhere; the
+                    // CubeCL kernels on the GPU backends, in builds with the `cube` feature.
                     let expected_calls = if has_host_kernels(&device) { 2 } else { 0 };
                     assert_eq!(host_calls, expected_calls, "{backend}: host kernel calls");
+                    let expected_gpu_calls = u64::from(backend == "wgpu" && cfg!(feature = "cube"));
+                    assert_eq!(gpu_calls, expected_gpu_calls, "{backend}: CubeCL op calls");
                     assert_eq!(fast.len(), reference.len());
                     for ((name, got), (_, want)) in fast.iter().zip(&reference) {
                         let what = format!(

@@ -25,6 +25,8 @@ use ember_kernels::{CellKind, RecurrenceInputs, RecurrenceShape};
 #[backend_extension(
     Flex: cfg(feature = "flex"),
     NdArray: cfg(feature = "ndarray"),
+    Cube: cfg(feature = "cube"),
+    Fusion: cfg(feature = "cube"),
     Autodiff,
 )]
 pub trait RecurrenceBackend: Backend {
@@ -36,6 +38,9 @@ pub trait RecurrenceBackend: Backend {
     /// - weight_hh: `[d_hidden, G * d_hidden]`; bias_hh: `[G * d_hidden]`
     /// - hidden, cell: `[batch_size, d_hidden]`; mask: `[seq_len, batch_size]`
     #[allow(clippy::too_many_arguments)]
+    #[fusion(meta = |projected, _weight_hh, _bias_hh, hidden, _cell, _mask, kind, _masked, keep_tape| {
+        super::cube::forward_specs(projected, hidden, kind, keep_tape)
+    })]
     fn recurrence_forward(
         projected: FloatTensor<Self>,
         weight_hh: FloatTensor<Self>,
@@ -51,6 +56,9 @@ pub trait RecurrenceBackend: Backend {
     /// The backward pass of [`recurrence_forward`](Self::recurrence_forward): from the gradient
     /// of its stacked output to those of `projected`, `weight_hh`, `bias_hh`, `hidden` and
     /// `cell` (for other cells, the hidden state's again).
+    #[fusion(meta = |_tape, weight_hh, _mask, d_stacked, kind, _masked| {
+        super::cube::backward_specs(weight_hh, d_stacked, kind)
+    })]
     fn recurrence_backward(
         tape: FloatTensor<Self>,
         weight_hh: FloatTensor<Self>,

@@ -2,12 +2,15 @@
 //!
 //! [`recurrence`] runs one recurrent layer over a chunk of steps. On Burn's CPU backends (Flex,
 //! NdArray, with or without autodiff) it runs the host kernels of `ember-kernels` behind a
-//! backend extension, whose autodiff node calls their backward pass; on every other backend
-//! (GPUs among them) it runs [`reference::recurrence`], the same computation composed of
-//! Burn's tensor primitives. Nothing above the op knows which ran: gradients flow into the
+//! backend extension, whose autodiff node calls their backward pass; on Burn's CubeCL backend
+//! (wgpu, Vulkan, Metal, CUDA, ROCm; the `cube` feature) the same extension runs CubeCL kernels;
+//! anywhere else it runs [`reference::recurrence`], the same computation composed of Burn's
+//! tensor primitives. Nothing above the op knows which ran: gradients flow into the
 //! projected inputs, the weights and the initial state either way.
 
 mod backend;
+#[cfg(feature = "cube")]
+mod cube;
 pub mod reference;
 
 use burn::backend::{Dispatch, DispatchDevice};
@@ -66,10 +69,36 @@ pub fn has_host_kernels(device: &Device) -> bool {
     }
 }
 
+/// Whether `device` runs the op's CubeCL kernels: a GPU backend (wgpu, Vulkan, Metal, CUDA,
+/// ROCm) in a build with the `cube` feature.
+pub fn has_device_kernels(device: &Device) -> bool {
+    let device = match device.as_dispatch() {
+        DispatchDevice::Autodiff(inner) => &**inner,
+        other => other,
+    };
+    match device {
+        #[cfg(feature = "cube")]
+        DispatchDevice::Cube(_) => true,
+        _ => false,
+    }
+}
+
+thread_local! {
+    static DEVICE_KERNEL_CALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many [`recurrence`] calls on this thread went to the CubeCL kernels: the tests' and
+/// benchmarks' proof that a GPU device took them (the kernels themselves may run later, on
+/// Fusion's stream).
+pub fn device_kernel_calls_on_this_thread() -> u64 {
+    DEVICE_KERNEL_CALLS.with(|calls| calls.get())
+}
+
 /// One recurrent layer over a chunk of steps, from already projected inputs.
 ///
-/// The host kernels run on f32 inputs on a device that [has them](has_host_kernels); anything
-/// else runs the [reference](reference::recurrence).
+/// The op's kernels run on f32 inputs: the host kernels on a CPU device that
+/// [has them](has_host_kernels), the CubeCL kernels on a GPU device that
+/// [has them](has_device_kernels); anything else runs the [reference](reference::recurrence).
 ///
 /// A padding mask holds a row's state still on its padded steps: every new state is
 /// `s_{t-1} + m_t (s~_t - s_{t-1})`, and the output there is the state held.
@@ -94,9 +123,17 @@ pub fn recurrence(
     let f32_inputs = [projected.dtype(), weight_hh.dtype(), bias_hh.dtype()]
         .iter()
         .all(|dtype| *dtype == DType::F32);
-    let host = kernel == Kernel::Auto && has_host_kernels(&projected.device()) && f32_inputs;
-    if !host || seq_len == 0 {
+    let device = projected.device();
+    let on_device = has_device_kernels(&device);
+    if kernel != Kernel::Auto
+        || !(on_device || has_host_kernels(&device))
+        || !f32_inputs
+        || seq_len == 0
+    {
         return reference::recurrence(cell, projected, weight_hh, bias_hh, state, mask);
+    }
+    if on_device {
+        DEVICE_KERNEL_CALLS.with(|calls| calls.set(calls.get() + 1));
     }
     let d_hidden = state.hidden.dims()[1];
     // The optional inputs' places are taken by the hidden state, which the op then ignores.
