@@ -13,6 +13,12 @@ and tanh, a teacher-forced decoder, the cross-entropy averaged over real target 
 right-padded batch whose lengths run from `--min-len` to `--seq` in turn down the batch, as
 `ember bench` builds it. The encoders read packed sequences, the way PyTorch skips padding.
 
+`--model recurrence`: the stacked layers alone (`nn.LSTM`/`nn.GRU`/`nn.RNN`, the input as wide as
+the hidden state, batch first), timed forward and forward+backward (the sum of the outputs) in
+milliseconds per call, on CUDA (cuDNN) when torch has it, with `--tf32 1` allowing TF32 in
+cuDNN and matmuls; each after warm-up windows until two agree within 5%, as `ember bench`
+times the recurrence op.
+
 All on the threads `--threads` gives (the speed issue's reference uses 2).
 
 Usage: python bench/pytorch_baseline.py --cell lstm --layers 2 --hidden 128 --batch 32 --seq 64
@@ -164,9 +170,61 @@ def train_seq2seq(args, lengths):
     return per_second(args.seconds, train_step)
 
 
+def settled_ms(budget, call, sync):
+    """The mean time of `call` in ms once its times settle (see the module's docstring)."""
+    window, previous, mean = budget / 10, None, 0.0
+    for _ in range(8):
+        start, calls = time.perf_counter(), 0
+        while calls < 3 or time.perf_counter() - start < window:
+            call()
+            calls += 1
+        sync()
+        mean = (time.perf_counter() - start) * 1e3 / calls
+        if previous is not None and abs(previous - mean) <= 0.05 * mean:
+            break
+        previous = mean
+    return mean
+
+
+def time_recurrence(args):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
+        torch.backends.cudnn.allow_tf32 = bool(args.tf32)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    model = RECURRENT[args.cell](
+        args.hidden, args.hidden, num_layers=args.layers, batch_first=True
+    ).to(device)
+    inputs = torch.randn(args.batch, args.seq, args.hidden, device=device, requires_grad=True)
+
+    def train():
+        model(inputs)[0].sum().backward()
+
+    @torch.no_grad()
+    def forward():
+        model(inputs)
+
+    train()
+    sync()
+    budget = args.seconds / 2
+    return {
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "tf32": bool(args.tf32),
+        "forward_ms": round(settled_ms(budget / 2, forward, sync), 4),
+        "forward_backward_ms": round(settled_ms(budget / 2, train, sync), 4),
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["char", "classifier", "seq2seq"], default="char")
+    parser.add_argument(
+        "--model", choices=["char", "classifier", "seq2seq", "recurrence"], default="char"
+    )
     parser.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=128)
@@ -180,10 +238,14 @@ def main():
     parser.add_argument("--vocab", type=int, default=32, help="task models: token ids")
     parser.add_argument("--embed", type=int, default=16, help="task models: embedding size")
     parser.add_argument("--classes", type=int, default=4, help="classifier: classes")
+    parser.add_argument("--tf32", type=int, default=0, help="recurrence: allow TF32 on CUDA")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(1)
+    if args.model == "recurrence":
+        print(json.dumps(time_recurrence(args)))
+        return
     report = {"torch": torch.__version__, "threads": args.threads}
     if args.model != "char":
         spread = args.seq - args.min_len + 1

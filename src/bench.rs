@@ -6,6 +6,7 @@
 //! machine.
 
 mod library;
+mod recurrence;
 #[cfg(feature = "mpi")]
 pub mod scaling;
 
@@ -328,6 +329,11 @@ fn peak_rss_mb() -> f64 {
 
 /// Measures one case in this process and prints its JSON line.
 pub fn run_case(name: &str, device: &Device, seconds: f64) -> Result<()> {
+    if let Some(case) = recurrence::cases().into_iter().find(|c| c.name() == name) {
+        let report = recurrence::measure(&case, device, seconds)?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     let Some(case) = cases().into_iter().find(|c| c.name() == name) else {
         return library::run_case(name, device, seconds).unwrap_or_else(|| {
             Err(crate::usage(format!(
@@ -369,11 +375,18 @@ struct PytorchMeasured {
     ratio_to_pytorch_measured_rss: f64,
 }
 
-/// Every case's name, the language-model cases first.
+/// Every case's name, the language-model cases first, the GPU recurrence cases last.
 fn case_names() -> Vec<String> {
     let library = library::cases();
     let library = library.iter().map(library::LibraryCase::name);
-    cases().iter().map(Case::name).chain(library).collect()
+    let recurrence = recurrence::cases();
+    let recurrence = recurrence.iter().map(recurrence::RecurrenceCase::name);
+    cases()
+        .iter()
+        .map(Case::name)
+        .chain(library)
+        .chain(recurrence)
+        .collect()
 }
 
 /// The arguments of `bench/pytorch_baseline.py` for a language-model case.
@@ -444,13 +457,17 @@ fn pytorch_fields(ours: &str, theirs: &str) -> Result<String> {
 /// PyTorch on each with `pytorch`, an interpreter with `torch`.
 pub fn run_all(
     filter: Option<&str>,
+    device: &Device,
     device_name: Option<&str>,
     seconds: f64,
     pytorch: Option<&Path>,
 ) -> Result<()> {
     let exe = std::env::current_exe().context("finding the ember binary")?;
+    // A GPU backend runs the recurrence cases, a CPU backend the others.
+    let on_gpu = ember_model::ops::has_device_kernels(device);
     let selected: Vec<String> = case_names()
         .into_iter()
+        .filter(|name| name.starts_with("recurrence-") == on_gpu)
         .filter(|name| filter.is_none_or(|f| name.contains(f)))
         .collect();
     if selected.is_empty() {
@@ -480,12 +497,23 @@ pub fn run_all(
             continue;
         };
         let line = stdout.trim();
-        let extra = match cases().into_iter().find(|c| c.name() == name) {
-            Some(case) => {
+        let gpu_case = recurrence::cases().into_iter().find(|c| c.name() == name);
+        let lm_case = cases().into_iter().find(|c| c.name() == name);
+        let extra = match (lm_case, gpu_case) {
+            (None, Some(case)) => {
+                let args = case.pytorch_args();
+                let with = |tf32: &str| {
+                    let mut args = args.clone();
+                    args.extend(["--tf32".to_string(), tf32.to_string()]);
+                    measure_pytorch(python, &name, &args, seconds)
+                };
+                recurrence::pytorch_fields(line, &with("0")?, &with("1")?)?
+            }
+            (Some(case), _) => {
                 let theirs = measure_pytorch(python, &name, &pytorch_args(&case), seconds)?;
                 pytorch_fields(line, &theirs)?
             }
-            None => {
+            (None, None) => {
                 let case = library::cases()
                     .into_iter()
                     .find(|c| c.name() == name)

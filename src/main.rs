@@ -363,6 +363,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some(case) => bench::run_case(case, &device, args.seconds),
                 None => bench::run_all(
                     args.filter.as_deref(),
+                    &device,
                     cli_device.as_deref(),
                     args.seconds,
                     args.pytorch.as_deref(),
