@@ -8,6 +8,11 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 use ember_model::{CellKind, StackedRecurrent, StackedRecurrentConfig, length_mask};
 
+// Training frees and takes back buffers of megabytes every step; glibc's malloc returns them to
+// the kernel each time, and on two threads that cost half the time (README, "Benchmarks").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Module, Debug)]
 struct DigitSum {
     rnn: StackedRecurrent,
