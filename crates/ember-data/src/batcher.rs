@@ -40,16 +40,20 @@ impl Chunk {
         self.targets.iter().map(|&id| i64::from(id)).collect()
     }
 
-    /// The chunk of streams `streams` alone (a data-parallel rank's share of the batch).
+    /// The chunk of streams `streams` alone (a data-parallel rank's share of the batch); the
+    /// chunk itself, uncopied, when `streams` is all of them.
     ///
     /// # Panics
     /// If `streams` reaches past `batch_size`.
-    pub fn rows(&self, streams: std::ops::Range<usize>) -> Chunk {
+    pub fn rows(self, streams: std::ops::Range<usize>) -> Chunk {
         assert!(
             streams.end <= self.batch_size,
             "streams {streams:?} of {}",
             self.batch_size
         );
+        if streams == (0..self.batch_size) {
+            return self;
+        }
         let cells = streams.start * self.seq_len..streams.end * self.seq_len;
         Chunk {
             inputs: self.inputs[cells.clone()].to_vec(),
@@ -202,12 +206,12 @@ mod tests {
     fn rows_are_the_streams_of_the_batch() {
         let ids: Vec<u16> = (0..200).collect();
         let chunk = StreamBatcher::new(&ids, 4, 5, "train").unwrap().chunk(1);
-        let rows = chunk.rows(1..3);
+        let rows = chunk.clone().rows(1..3);
         assert_eq!((rows.batch_size, rows.seq_len), (2, 5));
         assert_eq!(rows.inputs, chunk.inputs[5..15]);
         assert_eq!(rows.targets, chunk.targets[5..15]);
         assert_eq!(rows.inputs[0], 55);
-        assert_eq!(chunk.rows(0..4), chunk);
+        assert_eq!(chunk.clone().rows(0..4), chunk);
     }
 
     proptest! {

@@ -9,12 +9,12 @@ use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use fs2::FileExt;
 
-use crate::TrainError;
-use crate::checkpoint::{CarriedLoader, Checkpoint, CheckpointDir};
+use crate::checkpoint::{CarriedLoader, Checkpoint, CheckpointDir, write_atomically};
 use crate::config::RunConfig;
 use crate::error::{expect_run, io_error};
 use crate::output::refuse_inside_run;
-use crate::trainer::{CONFIG_FILE, METRICS_FILE, MetricsRecord};
+use crate::trainer::{CONFIG_FILE, METRICS_FILE, MetricsRecord, truncate_metrics};
+use crate::{Ranks, TrainError};
 
 const LOCK_FILE: &str = "lock";
 
@@ -76,6 +76,39 @@ fn lock_run_dir(run_dir: &Path) -> Result<RunLock, TrainError> {
     file.try_lock_exclusive()
         .map_err(|_| TrainError::Locked(run_dir.to_path_buf()))?;
     Ok(RunLock { _file: file })
+}
+
+/// Makes `run_dir` a new run as rank 0 of `ranks` does: creates and locks it (see
+/// [`create_run_dir`]), writes what `save` writes (the vocabulary) and then `config`. Other ranks
+/// write nothing and hold no lock.
+pub(crate) fn start_run(
+    run_dir: &Path,
+    ranks: &Ranks,
+    config: &RunConfig,
+    save: impl FnOnce(&Path) -> Result<(), TrainError>,
+) -> Result<Option<RunLock>, TrainError> {
+    if !ranks.is_primary() {
+        return Ok(None);
+    }
+    let lock = create_run_dir(run_dir, "--run-dir")?;
+    save(run_dir)?;
+    write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+    Ok(Some(lock))
+}
+
+/// What rank 0 of a reopened run writes before training on from `step`: the metrics lines past
+/// it dropped (they are logged again) and the config with its overrides.
+pub(crate) fn continue_run(
+    run_dir: &Path,
+    ranks: &Ranks,
+    config: &RunConfig,
+    step: u64,
+) -> Result<(), TrainError> {
+    if ranks.is_primary() {
+        truncate_metrics(&run_dir.join(METRICS_FILE), step)?;
+        write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+    }
+    Ok(())
 }
 
 /// A run reopened for more training: its lock, and its config with `overrides` applied, which

@@ -21,9 +21,9 @@ use crate::config::{RunConfig, TaskKind};
 use crate::error::{expect_run, io_error};
 use crate::memory::{backend_name, ensure_inference_fits, ensure_training_fits};
 use crate::run::EVAL_CHUNK;
-use crate::run_dir::{RunLock, absolute, create_run_dir, reopen_run, resume_checkpoint};
+use crate::run_dir::{RunLock, absolute, continue_run, reopen_run, resume_checkpoint, start_run};
 use crate::step::{GradientStep, optimizer_from};
-use crate::trainer::{CONFIG_FILE, METRICS_FILE, VOCAB_FILE, drawn, truncate_metrics};
+use crate::trainer::{CONFIG_FILE, VOCAB_FILE, drawn};
 use crate::{Evaluation, Ranks, TrainError, Training};
 
 /// The class names (or tag characters) of a run, inside its directory.
@@ -230,12 +230,13 @@ fn task_outputs(config: &RunConfig, vocab: &TaskVocab) -> usize {
     }
 }
 
-/// Refuses training a sequence model where it cannot fit in memory: a batch of the longest
-/// lines (source and target) is the chunk.
+/// Refuses training a sequence model where it cannot fit in memory: this rank's share of a
+/// batch of the longest lines (source and target) is the chunk.
 fn ensure_task_fits(
     config: &RunConfig,
     data: &SequenceData,
     device: &Device,
+    ranks: &Ranks,
 ) -> Result<(), TrainError> {
     let longest = data
         .train
@@ -255,7 +256,7 @@ fn ensure_task_fits(
         config,
         data.vocab.tokens.len(),
         task_outputs(config, &data.vocab),
-        config.data.batch_size * longest,
+        ranks.share(config.data.batch_size).len() * longest,
         device,
     )
 }
@@ -470,16 +471,9 @@ impl<M: SequenceTask> TaskTrainer<M> {
     ) -> Result<Self, TrainError> {
         let data = SequenceData::load(&config, None)?;
         ranks.ensure_shares(config.data.batch_size, "examples per batch")?;
-        ensure_task_fits(&config, &data, device)?;
+        ensure_task_fits(&config, &data, device, &ranks)?;
         config.data.path = absolute(&config.data.path)?;
-        let lock = if ranks.is_primary() {
-            let lock = create_run_dir(run_dir, "--run-dir")?;
-            data.vocab.save(run_dir)?;
-            write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
-            Some(lock)
-        } else {
-            None
-        };
+        let lock = start_run(run_dir, &ranks, &config, |dir| data.vocab.save(dir))?;
         let train_device = device.clone().autodiff();
         train_device.seed(config.train.seed);
         let model = drawn(M::init(&config, &data.vocab, &train_device));
@@ -522,7 +516,7 @@ impl<M: SequenceTask> TaskTrainer<M> {
         let vocab = TaskVocab::load(run_dir)?;
         let data = SequenceData::load(&config, Some(vocab))?;
         ranks.ensure_shares(config.data.batch_size, "examples per batch")?;
-        ensure_task_fits(&config, &data, device)?;
+        ensure_task_fits(&config, &data, device, &ranks)?;
         let train_device = device.clone().autodiff();
         // Seeded as `create` seeds it, so a run with no checkpoint yet restarts as it began.
         train_device.seed(config.train.seed);
@@ -535,10 +529,7 @@ impl<M: SequenceTask> TaskTrainer<M> {
             &train_device,
             no_carried,
         )?;
-        if ranks.is_primary() {
-            truncate_metrics(&run_dir.join(METRICS_FILE), checkpoint.progress.step)?;
-            write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
-        }
+        continue_run(run_dir, &ranks, &config, checkpoint.progress.step)?;
         Ok(TaskTrainer {
             optimizer: GradientStep::with_optimizer(&config.optimizer, checkpoint.optimizer),
             checkpoints: CheckpointDir::new(run_dir),

@@ -14,7 +14,7 @@ use crate::checkpoint::{CheckpointDir, Progress, char_lm_carried, write_atomical
 use crate::config::RunConfig;
 use crate::memory::{backend_name, ensure_training_fits};
 use crate::metrics::read_metrics;
-use crate::run_dir::{RunLock, absolute, create_run_dir, reopen_run, resume_checkpoint};
+use crate::run_dir::{RunLock, absolute, continue_run, reopen_run, resume_checkpoint, start_run};
 use crate::step::{GradientStep, optimizer_for};
 use crate::{Evaluation, TrainError, Training};
 
@@ -101,14 +101,9 @@ impl Trainer {
         ranks.ensure_shares(config.data.batch_size, "streams")?;
         ensure_char_lm_fits(&config, streams.0.len(), device, &ranks)?;
         config.data.path = absolute(&config.data.path)?;
-        let lock = if ranks.is_primary() {
-            let lock = create_run_dir(run_dir, "--run-dir")?;
-            streams.0.save(&run_dir.join(VOCAB_FILE))?;
-            write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
-            Some(lock)
-        } else {
-            None
-        };
+        let lock = start_run(run_dir, &ranks, &config, |dir| {
+            streams.0.save(&dir.join(VOCAB_FILE)).map_err(Into::into)
+        })?;
 
         let train_device = device.clone().autodiff();
         train_device.seed(config.train.seed);
@@ -162,10 +157,7 @@ impl Trainer {
             run_dir.display(),
             checkpoint.progress.step
         );
-        if ranks.is_primary() {
-            truncate_metrics(&run_dir.join(METRICS_FILE), checkpoint.progress.step)?;
-            write_atomically(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
-        }
+        continue_run(run_dir, &ranks, &config, checkpoint.progress.step)?;
         let streams_here = ranks.share(config.data.batch_size);
         let carried = checkpoint
             .carried
@@ -261,14 +253,15 @@ impl Trainer {
                 .wrapping_add(step.wrapping_mul(0x9E37_79B9))
                 .wrapping_add((self.ranks.rank() as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)),
         );
-        let mine = chunk.rows(self.ranks.share(chunk.batch_size));
+        let (batch_size, seq_len) = (chunk.batch_size, chunk.seq_len);
+        let mine = chunk.rows(self.ranks.share(batch_size));
         let state = match self.carried.take() {
-            Some(state) if !chunk.starts_epoch => state.detach(),
+            Some(state) if !mine.starts_epoch => state.detach(),
             _ => self.model.zero_state(mine.batch_size, &train_device),
         };
         let (inputs, targets) = chunk_tensors(&mine, &train_device);
         let (loss, state) = self.model.forward_loss(inputs, targets, Some(state));
-        let weight = mine.batch_size as f64 / chunk.batch_size as f64;
+        let weight = mine.batch_size as f64 / batch_size as f64;
         let (model, loss_value, grad_norm) = self.optimizer.apply_shared(
             self.model.clone(),
             Some(loss),
@@ -279,7 +272,7 @@ impl Trainer {
         self.model = model;
         self.carried = Some(state.detach());
         self.progress.step += 1;
-        self.progress.chars_seen += (chunk.batch_size * chunk.seq_len) as u64;
+        self.progress.chars_seen += (batch_size * seq_len) as u64;
         Ok((loss_value, grad_norm))
     }
 
