@@ -9,7 +9,7 @@
 
 use burn::backend::TensorMetadata;
 use burn::backend::tensor::FloatTensor;
-use burn::tensor::{DType, FloatDType, Shape, Slice};
+use burn::tensor::{Shape, Slice};
 use burn_backend::ops::FloatTensorOps;
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
@@ -307,16 +307,7 @@ fn storage(tensor: &CubeTensor) -> ElemType {
 }
 
 fn empty(like: &CubeTensor, shape: impl Into<Shape>) -> CubeTensor {
-    CubeBackend::float_empty(shape.into(), &like.device, float_dtype(like))
-}
-
-fn float_dtype(tensor: &CubeTensor) -> FloatDType {
-    match tensor.dtype {
-        DType::F64 => FloatDType::F64,
-        DType::F16 => FloatDType::F16,
-        DType::BF16 => FloatDType::BF16,
-        _ => FloatDType::F32,
-    }
+    CubeBackend::float_empty(shape.into(), &like.device, like.dtype.into())
 }
 
 /// `count` elements of `source` from `source_offset` into `target` from `target_offset`.
@@ -439,7 +430,7 @@ impl RecurrenceBackend for CubeBackend {
             copy(&d_stacked, (seq_len + 1) * plane, &carry_cell, 0, plane);
         }
         let mut carry_product =
-            CubeBackend::float_zeros(Shape::new([plane]), &tape.device, float_dtype(&tape));
+            CubeBackend::float_zeros(Shape::new([plane]), &tape.device, tape.dtype.into());
         let d_projected = empty(&tape, [seq_len * batch_size * width]);
         let d_hidden_projected = empty(&tape, [seq_len * batch_size * width]);
         let (cube_count, cube_dim) = launch_dims(&tape, plane);
