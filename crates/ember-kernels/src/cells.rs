@@ -119,16 +119,21 @@ pub fn gru_step(
         let hidden_row = &mut hidden[span][..h];
         let (reset, update, candidate) = (&mut reset[..h], &mut update[..h], &mut candidate[..h]);
         let (p_reset, p_update, p_new) = (&p_reset[..h], &p_update[..h], &p_new[..h]);
+        // One activation per loop: with three in one body the loop stayed scalar.
         for j in 0..h {
-            let r = sigmoid(reset[j] + p_reset[j]);
-            let z = sigmoid(update[j] + p_update[j]);
-            let n = tanh(candidate[j] + r * p_new[j]);
-            reset[j] = r;
-            update[j] = z;
-            candidate[j] = n;
-            new_row[j] = p_new[j];
+            reset[j] = sigmoid(reset[j] + p_reset[j]);
+        }
+        for j in 0..h {
+            update[j] = sigmoid(update[j] + p_update[j]);
+        }
+        for j in 0..h {
+            candidate[j] = tanh(candidate[j] + reset[j] * p_new[j]);
+        }
+        new_row.copy_from_slice(p_new);
+        for j in 0..h {
+            let n = candidate[j];
             // h = (1 - z) n + z h_prev, written as n + z (h_prev - n): one product fewer.
-            hidden_row[j] = n + z * (previous_row[j] - n);
+            hidden_row[j] = n + update[j] * (previous_row[j] - n);
         }
     }
 }
@@ -152,20 +157,32 @@ pub fn gru_step_backward(
         .zip(d_gates.chunks_exact_mut(3 * h))
         .zip(d_projected.chunks_exact_mut(3 * h));
     for (row, ((gate_row, d_row), d_projected_row)) in rows.enumerate() {
+        let span = row * h..(row + 1) * h;
+        // Every slice cut to `h`, so that the loop runs without bounds checks and vectorizes.
+        let new_row = &hidden_new[span.clone()][..h];
+        let previous_row = &previous[span.clone()][..h];
+        let d_hidden_row = &mut d_hidden[span][..h];
+        let (r, rest) = gate_row.split_at(h);
+        let (z, n) = rest.split_at(h);
+        let (r, z, n) = (&r[..h], &z[..h], &n[..h]);
+        let (d_r, rest) = d_row.split_at_mut(h);
+        let (d_z, d_n) = rest.split_at_mut(h);
+        let (d_r, d_z, d_n) = (&mut d_r[..h], &mut d_z[..h], &mut d_n[..h]);
+        let (dp_r, rest) = d_projected_row.split_at_mut(h);
+        let (dp_z, dp_n) = rest.split_at_mut(h);
+        let (dp_r, dp_z, dp_n) = (&mut dp_r[..h], &mut dp_z[..h], &mut dp_n[..h]);
         for j in 0..h {
-            let index = row * h + j;
-            let (r, z, n) = (gate_row[j], gate_row[h + j], gate_row[2 * h + j]);
-            let dh = d_hidden[index];
-            let d_new = dh * (1.0 - z) * (1.0 - n * n);
-            let d_reset = d_new * hidden_new[index] * r * (1.0 - r);
-            let d_update = dh * (previous[index] - n) * z * (1.0 - z);
-            d_row[j] = d_reset;
-            d_row[h + j] = d_update;
-            d_row[2 * h + j] = d_new;
-            d_projected_row[j] = d_reset;
-            d_projected_row[h + j] = d_update;
-            d_projected_row[2 * h + j] = d_new * r;
-            d_hidden[index] = dh * z;
+            let dh = d_hidden_row[j];
+            let d_new = dh * (1.0 - z[j]) * (1.0 - n[j] * n[j]);
+            let d_reset = d_new * new_row[j] * r[j] * (1.0 - r[j]);
+            let d_update = dh * (previous_row[j] - n[j]) * z[j] * (1.0 - z[j]);
+            d_r[j] = d_reset;
+            d_z[j] = d_update;
+            d_n[j] = d_new;
+            dp_r[j] = d_reset;
+            dp_z[j] = d_update;
+            dp_n[j] = d_new * r[j];
+            d_hidden_row[j] = dh * z[j];
         }
     }
 }

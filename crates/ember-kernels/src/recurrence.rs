@@ -153,13 +153,20 @@ fn forward_sharded(
     let mut tape = pool::scratch(shape.tape_len());
     // The backward pass cuts the tape as the forward pass did, whatever its own thread count.
     tape[0] = count as f32;
+    // Room for the final state after the outputs: a caller that stacks them copies nothing.
+    let state_rows = if shape.cell == CellKind::Lstm { 2 } else { 1 };
+    let mut outputs = pool::scratch((steps + state_rows) * batch * h);
+    outputs.truncate(steps * batch * h);
     let mut segments = split_by_shard(shape, &shards, &mut tape[1..]);
+    let mut shard_outputs = rows_by_shard(&mut outputs, batch * h, h, &shards);
     segments
         .par_iter_mut()
+        .zip(shard_outputs.par_iter_mut())
         .zip(shards.par_iter())
-        .for_each(|(segment, rows)| forward_shard(shape, inputs, rows.clone(), segment));
-    drop(segments);
-    let mut outputs = pool::scratch(steps * batch * h);
+        .for_each(|((segment, outputs), rows)| {
+            forward_shard(shape, inputs, rows.clone(), segment, outputs)
+        });
+    drop((segments, shard_outputs));
     let mut hidden = vec![0.0; batch * h];
     let mut cell = if shape.cell == CellKind::Lstm {
         vec![0.0; batch * h]
@@ -170,11 +177,6 @@ fn forward_sharded(
     for rows in &shards {
         let parts = split_tape(shape, rows.len(), &tape[offset..]);
         let width = rows.len() * h;
-        for t in 0..steps {
-            let start = (t * batch + rows.start) * h;
-            outputs[start..start + width]
-                .copy_from_slice(&parts.hiddens[(t + 1) * width..(t + 2) * width]);
-        }
         let last = steps * width..(steps + 1) * width;
         hidden[rows.start * h..rows.end * h].copy_from_slice(&parts.hiddens[last.clone()]);
         if shape.cell == CellKind::Lstm {
@@ -256,13 +258,19 @@ pub fn backward(
         d_hidden,
         d_cell,
     };
+    let mut projected = pool::scratch(steps * batch * g);
+    let mut shard_projected = rows_by_shard(&mut projected, batch * g, g, &shards);
     let parts: Vec<RecurrenceGradients> = segments
         .par_iter()
+        .zip(shard_projected.par_iter_mut())
         .zip(shards.par_iter())
-        .map(|(segment, rows)| backward_shard(shape, &arguments, segment, rows.clone()))
+        .map(|((segment, projected), rows)| {
+            backward_shard(shape, &arguments, segment, rows.clone(), projected)
+        })
         .collect();
+    drop(shard_projected);
     let mut gradients = RecurrenceGradients {
-        projected: pool::scratch(steps * batch * g),
+        projected,
         weight_hh: vec![0.0; h * g],
         bias_hh: vec![0.0; g],
         hidden: vec![0.0; batch * h],
@@ -273,12 +281,6 @@ pub fn backward(
         },
     };
     for (part, rows) in parts.into_iter().zip(&shards) {
-        let width = rows.len() * g;
-        for t in 0..steps {
-            let start = (t * batch + rows.start) * g;
-            gradients.projected[start..start + width]
-                .copy_from_slice(&part.projected[t * width..(t + 1) * width]);
-        }
         add_into(&mut gradients.weight_hh, &part.weight_hh);
         add_into(&mut gradients.bias_hh, &part.bias_hh);
         let state_rows = rows.start * h..rows.end * h;
@@ -286,7 +288,6 @@ pub fn backward(
         if shape.cell == CellKind::Lstm {
             gradients.cell[state_rows].copy_from_slice(&part.cell);
         }
-        pool::recycle(part.projected);
     }
     gradients
 }
@@ -365,6 +366,25 @@ fn split_tape_mut(shape: RecurrenceShape, rows: usize, tape: &mut [f32]) -> Tape
         gates: gates_part,
         per_step,
     }
+}
+
+/// A time-major buffer (`step_len` values per step, `width` per row) cut into each shard's rows
+/// of every step: element `s` holds shard `s`'s slices, one per step, for it to write alone.
+fn rows_by_shard<'a>(
+    buffer: &'a mut [f32],
+    step_len: usize,
+    width: usize,
+    shards: &[Range<usize>],
+) -> Vec<Vec<&'a mut [f32]>> {
+    let mut by_shard: Vec<Vec<&mut [f32]>> = shards.iter().map(|_| Vec::new()).collect();
+    for mut step in buffer.chunks_exact_mut(step_len) {
+        for (rows, slices) in shards.iter().zip(&mut by_shard) {
+            let (shard_rows, rest) = step.split_at_mut(rows.len() * width);
+            slices.push(shard_rows);
+            step = rest;
+        }
+    }
+    by_shard
 }
 
 /// The tape cut into one segment per shard, in order.

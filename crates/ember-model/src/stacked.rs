@@ -190,14 +190,18 @@ impl StackedRecurrent {
         let state = state.unwrap_or_else(|| self.zero_state(batch_size, &projected.device()));
         assert_eq!(state.num_layers(), self.num_layers(), "one state per layer");
         let mut final_states = Vec::with_capacity(self.num_layers());
-        let mut layer_projected = projected;
+        // Moved into the op, not cloned: a second handle would make the host kernels copy it.
+        let mut bottom_projected = Some(projected);
         let mut outputs = None;
         for (layer, layer_state) in self.layers.iter().zip(state.layers) {
-            if let Some(below) = outputs.take() {
-                layer_projected = layer.project_sequence(self.dropout.forward(below));
-            }
+            let layer_projected = match outputs.take() {
+                Some(below) => layer.project_sequence(self.dropout.forward(below)),
+                None => bottom_projected
+                    .take()
+                    .expect("the bottom layer comes first"),
+            };
             let (layer_outputs, final_state) =
-                layer.forward_projected(layer_projected.clone(), layer_state, mask.clone());
+                layer.forward_projected(layer_projected, layer_state, mask.clone());
             outputs = Some(layer_outputs);
             final_states.push(final_state);
         }

@@ -32,16 +32,18 @@ dispatch_simd!(
     forward_shard_avx512,
     forward_shard_avx2,
     forward_shard_portable,
-    (shape: RecurrenceShape, inputs: &RecurrenceInputs<'_>, rows: Range<usize>, tape: &mut [f32]) -> ()
+    (shape: RecurrenceShape, inputs: &RecurrenceInputs<'_>, rows: Range<usize>, tape: &mut [f32], outputs: &mut [&mut [f32]]) -> ()
 );
 
-/// The forward pass of the streams `rows`, into their own tape.
+/// The forward pass of the streams `rows`, into their own tape and their rows of every step's
+/// outputs (`outputs[t]`).
 #[inline(always)]
 fn forward_shard_portable(
     shape: RecurrenceShape,
     inputs: &RecurrenceInputs<'_>,
     rows: Range<usize>,
     tape: &mut [f32],
+    outputs: &mut [&mut [f32]],
 ) {
     let (steps, batch, h, g) = (
         shape.seq_len,
@@ -129,6 +131,7 @@ fn forward_shard_portable(
                 hold_on_padding(&mut rest[..width], &done[t * width..], step_mask, h);
             }
         }
+        outputs[t].copy_from_slice(next);
     }
     pool::recycle(hidden_projection);
 }
@@ -147,17 +150,19 @@ dispatch_simd!(
     backward_shard_avx512,
     backward_shard_avx2,
     backward_shard_portable,
-    (shape: RecurrenceShape, arguments: &BackwardArguments<'_>, tape: &[f32], rows: Range<usize>) -> RecurrenceGradients
+    (shape: RecurrenceShape, arguments: &BackwardArguments<'_>, tape: &[f32], rows: Range<usize>, projected: &mut [&mut [f32]]) -> RecurrenceGradients
 );
 
 /// The backward pass of the streams `rows` from their tape: their gradients of the projected
-/// inputs (`[seq_len, rows, G H]`) and of the initial state, and their part of the weights'.
+/// inputs, into their rows of every step's (`projected[t]`), of the initial state, and their
+/// part of the weights' (the result's `projected` is empty).
 #[inline(always)]
 fn backward_shard_portable(
     shape: RecurrenceShape,
     arguments: &BackwardArguments<'_>,
     tape: &[f32],
     rows: Range<usize>,
+    projected: &mut [&mut [f32]],
 ) -> RecurrenceGradients {
     let (steps, batch, h, g) = (
         shape.seq_len,
@@ -261,6 +266,7 @@ fn backward_shard_portable(
                 add_into(&mut d_cell, &held_cell);
             }
         }
+        projected[t].copy_from_slice(&d_projected[t * count * g..(t + 1) * count * g]);
     }
     let d_recurrent_all = if gru {
         &d_hidden_projection
@@ -281,8 +287,9 @@ fn backward_shard_portable(
         add_into(&mut bias_hh, row);
     }
     pool::recycle(d_hidden_projection);
+    pool::recycle(d_projected);
     RecurrenceGradients {
-        projected: d_projected,
+        projected: Vec::new(),
         weight_hh,
         bias_hh,
         hidden: d_hidden,
