@@ -5,6 +5,7 @@ pub mod activation;
 mod cell;
 #[doc(hidden)]
 pub mod cells;
+mod dropout;
 pub mod matmul;
 pub mod parallel;
 pub mod pool;
@@ -14,6 +15,7 @@ mod stepper;
 pub mod tile;
 
 pub use cell::{CellKind, UnknownCell};
+pub use dropout::dropout_mask;
 pub use recurrence::{
     RecurrenceGradients, RecurrenceInputs, RecurrenceOutputs, RecurrenceShape, backward,
     calls_on_this_thread, forward,

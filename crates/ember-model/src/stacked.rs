@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::{Device, Tensor};
 
-use crate::ops::Kernel;
+use crate::ops::{self, Kernel};
 use crate::{CellKind, LayerState, RecurrentLayer, RecurrentLayerConfig, RecurrentState};
 
 /// Configuration to create a [`StackedRecurrent`] with [`StackedRecurrentConfig::init`].
@@ -195,7 +195,7 @@ impl StackedRecurrent {
         let mut outputs = None;
         for (layer, layer_state) in self.layers.iter().zip(state.layers) {
             let layer_projected = match outputs.take() {
-                Some(below) => layer.project_sequence(self.dropout.forward(below)),
+                Some(below) => layer.project_sequence(ops::dropout(&self.dropout, below)),
                 None => bottom_projected
                     .take()
                     .expect("the bottom layer comes first"),
@@ -241,7 +241,7 @@ impl StackedRecurrent {
         for (k, (layer, layer_state)) in self.layers.iter().zip(state.layers).enumerate() {
             if k > 0 {
                 let below = layers[k - 1].hidden.clone();
-                projected = layer.project_input(self.dropout.forward(below));
+                projected = layer.project_input(ops::dropout(&self.dropout, below));
             }
             layers.push(layer.step_projected(projected.clone(), layer_state));
         }

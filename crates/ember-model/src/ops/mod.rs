@@ -14,7 +14,8 @@ mod cube;
 pub mod reference;
 
 use burn::backend::{Dispatch, DispatchDevice};
-use burn::tensor::{DType, Device, Tensor};
+use burn::nn::Dropout;
+use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 pub use backend::{RecurrenceBackend, RecurrenceGradientTensors};
@@ -92,6 +93,29 @@ thread_local! {
 /// Fusion's stream).
 pub fn device_kernel_calls_on_this_thread() -> u64 {
     DEVICE_KERNEL_CALLS.with(|calls| calls.get())
+}
+
+/// Burn's [`Dropout`] between layers, with its mask drawn by the host kernels where the device
+/// [has them](has_host_kernels): one product that drops and rescales, the mask drawn on every
+/// core. Elsewhere, and outside training, it is `dropout.forward(input)`.
+pub fn dropout<const D: usize>(dropout: &Dropout, input: Tensor<D>) -> Tensor<D> {
+    let device = input.device();
+    if !dropout.training.is_enabled()
+        || !device.is_autodiff()
+        || dropout.prob == 0.0
+        || !has_host_kernels(&device)
+        || input.dtype() != DType::F32
+    {
+        return dropout.forward(input);
+    }
+    // Seeded by two draws of the backend's own generator, so that a seeded run draws the same
+    // masks again.
+    let draws = host_values(Tensor::<1>::random([2], Distribution::Default, &device));
+    let seed = (u64::from(draws[0].to_bits()) << 32) | u64::from(draws[1].to_bits());
+    let shape = input.shape();
+    let keep = (1.0 - dropout.prob) as f32;
+    let mask = ember_kernels::dropout_mask(shape.num_elements(), keep, seed);
+    input * Tensor::<D>::from_data(TensorData::new(mask, shape), &device)
 }
 
 /// One recurrent layer over a chunk of steps, from already projected inputs.
