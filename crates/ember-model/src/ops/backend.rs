@@ -86,14 +86,18 @@ pub type RecurrenceGradientTensors<B> = (
     FloatTensor<B>,
 );
 
-/// A tensor's values as `f32` host memory.
-fn host<B: Backend>(tensor: FloatTensor<B>) -> Vec<f32> {
-    let data = try_read_sync(B::float_into_data(tensor))
+/// A tensor's values in host memory, as `f32`; [`values`] borrows them. A CPU backend hands over
+/// an unshared contiguous tensor's buffer as it is; taking it into a `Vec<f32>` instead would
+/// copy it whenever the backend allocated it with a wider alignment than `f32`'s, as Flex does.
+fn host<B: Backend>(tensor: FloatTensor<B>) -> TensorData {
+    try_read_sync(B::float_into_data(tensor))
         .expect("a CPU backend reads synchronously")
-        .expect("a CPU backend's tensor reads back");
-    data.convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("values converted to f32")
+        .expect("a CPU backend's tensor reads back")
+        .convert::<f32>()
+}
+
+fn values(data: &TensorData) -> &[f32] {
+    data.as_slice::<f32>().expect("values converted to f32")
 }
 
 fn tensor<B: Backend>(
@@ -139,21 +143,17 @@ fn host_forward<B: Backend>(
         host::<B>(bias_hh),
         host::<B>(hidden),
     );
-    let cell = match kind {
-        CellKind::Lstm => host::<B>(cell),
-        _ => Vec::new(),
-    };
+    let cell = (kind == CellKind::Lstm).then(|| host::<B>(cell));
     let mask = masked.then(|| host::<B>(mask));
     let inputs = RecurrenceInputs {
-        projected: &projected,
-        weight_hh: &weight_hh,
-        bias_hh: &bias_hh,
-        hidden: &hidden,
-        cell: &cell,
-        mask: mask.as_deref(),
+        projected: values(&projected),
+        weight_hh: values(&weight_hh),
+        bias_hh: values(&bias_hh),
+        hidden: values(&hidden),
+        cell: cell.as_ref().map_or(&[], values),
+        mask: mask.as_ref().map(values),
     };
     let result = ember_kernels::forward(shape, &inputs, keep_tape);
-    ember_kernels::pool::recycle(projected);
     let (steps, batch, h) = (shape.seq_len, shape.batch_size, shape.d_hidden);
     let mut stacked = result.outputs;
     stacked.extend_from_slice(&result.hidden);
@@ -191,13 +191,14 @@ fn host_backward<B: Backend>(
     };
     let g = shape.d_gates();
     let d_stacked = host::<B>(d_stacked);
-    let (d_outputs, d_state) = d_stacked.split_at(steps * batch * h);
+    let (d_outputs, d_state) = values(&d_stacked).split_at(steps * batch * h);
     let (d_hidden, d_cell) = d_state.split_at(batch * h);
+    let mask = masked.then(|| host::<B>(mask));
     let gradients = ember_kernels::backward(
         shape,
-        &host::<B>(weight_hh),
-        masked.then(|| host::<B>(mask)).as_deref(),
-        &host::<B>(tape),
+        values(&host::<B>(weight_hh)),
+        mask.as_ref().map(values),
+        values(&host::<B>(tape)),
         d_outputs,
         d_hidden,
         d_cell,
