@@ -112,8 +112,14 @@ impl CharLm {
         let (outputs, state) =
             self.rnn
                 .forward_time_major(self.project_sequence(ids.swap_dims(0, 1)), None, state);
-        let logits = self.head.forward(outputs.swap_dims(0, 1));
-        (logits, state)
+        // The head reads every position as one matrix, `[seq_len * batch_size, d_hidden]`: one
+        // product, where the batch-major view would be a product per stream.
+        let [seq_len, batch_size, d_hidden] = outputs.dims();
+        let logits = self
+            .head
+            .forward(outputs.reshape([seq_len * batch_size, d_hidden]))
+            .reshape([seq_len, batch_size, self.vocab_size()]);
+        (logits.swap_dims(0, 1), state)
     }
 
     /// The bottom layer's input projection of time-major ids, `[seq_len, batch_size]` to
