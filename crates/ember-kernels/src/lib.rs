@@ -5,6 +5,7 @@ pub mod activation;
 mod cell;
 #[doc(hidden)]
 pub mod cells;
+mod cross_entropy;
 mod dropout;
 pub mod matmul;
 pub mod parallel;
@@ -15,6 +16,7 @@ mod stepper;
 pub mod tile;
 
 pub use cell::{CellKind, UnknownCell};
+pub use cross_entropy::{cross_entropy_backward, cross_entropy_forward};
 pub use dropout::dropout_mask;
 pub use recurrence::{
     RecurrenceGradients, RecurrenceInputs, RecurrenceOutputs, RecurrenceShape, backward,

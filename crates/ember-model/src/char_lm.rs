@@ -3,11 +3,10 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::ops::Kernel;
-use crate::{CellKind, RecurrentState, StackedRecurrent, StackedRecurrentConfig};
+use crate::{CellKind, RecurrentState, StackedRecurrent, StackedRecurrentConfig, cross_entropy};
 
 /// Configuration to create a [`CharLm`] with [`CharLmConfig::init`].
 #[derive(Config, Debug)]
@@ -164,9 +163,10 @@ impl CharLm {
     pub fn loss(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
         let [batch_size, seq_length, vocab_size] = logits.dims();
         let positions = batch_size * seq_length;
-        let log_probs = log_softmax(logits.reshape([positions, vocab_size]), 1);
-        let picked = log_probs.gather(1, targets.reshape([positions, 1]));
-        picked.mean().neg()
+        cross_entropy(
+            logits.reshape([positions, vocab_size]),
+            targets.reshape([positions]),
+        )
     }
 
     /// Runs `ids` and returns the mean cross-entropy against `targets` and the final state.

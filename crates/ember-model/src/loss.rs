@@ -1,8 +1,9 @@
 //! Cross-entropy losses over classes, and over the real steps of padded sequences.
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
+
+use crate::ops;
 
 /// How per-step losses of a sequence become one number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -24,11 +25,7 @@ pub enum StepLoss {
 /// - targets: `[batch_size]`
 /// - output: `[1]`
 pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
-    let batch_size = targets.dims()[0];
-    log_softmax(logits, 1)
-        .gather(1, targets.reshape([batch_size, 1]))
-        .mean()
-        .neg()
+    ops::cross_entropy_rows(logits, targets).mean()
 }
 
 /// The cross-entropy of per-step `logits` against per-step targets, over real steps only.
@@ -46,10 +43,12 @@ pub fn masked_cross_entropy(
 ) -> Tensor<1> {
     let [batch_size, seq_length, num_classes] = logits.dims();
     let positions = batch_size * seq_length;
-    let picked = log_softmax(logits.reshape([positions, num_classes]), 1)
-        .gather(1, targets.reshape([positions, 1]))
-        .reshape([batch_size, seq_length]);
-    let total = (picked * mask.clone()).sum().neg();
+    let losses = ops::cross_entropy_rows(
+        logits.reshape([positions, num_classes]),
+        targets.reshape([positions]),
+    )
+    .reshape([batch_size, seq_length]);
+    let total = (losses * mask.clone()).sum();
     match reduction {
         StepLoss::Sum => total / batch_size as f64,
         StepLoss::Mean => total / mask.sum(),

@@ -89,18 +89,18 @@ pub type RecurrenceGradientTensors<B> = (
 /// A tensor's values in host memory, as `f32`; [`values`] borrows them. A CPU backend hands over
 /// an unshared contiguous tensor's buffer as it is; taking it into a `Vec<f32>` instead would
 /// copy it whenever the backend allocated it with a wider alignment than `f32`'s, as Flex does.
-fn host<B: Backend>(tensor: FloatTensor<B>) -> TensorData {
+pub(super) fn host<B: Backend>(tensor: FloatTensor<B>) -> TensorData {
     try_read_sync(B::float_into_data(tensor))
         .expect("a CPU backend reads synchronously")
         .expect("a CPU backend's tensor reads back")
         .convert::<f32>()
 }
 
-fn values(data: &TensorData) -> &[f32] {
+pub(super) fn values(data: &TensorData) -> &[f32] {
     data.as_slice::<f32>().expect("values converted to f32")
 }
 
-fn tensor<B: Backend>(
+pub(super) fn tensor<B: Backend>(
     values: Vec<f32>,
     shape: impl Into<Shape>,
     device: &B::Device,

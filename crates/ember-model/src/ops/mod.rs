@@ -9,16 +9,19 @@
 //! projected inputs, the weights and the initial state either way.
 
 mod backend;
+mod cross_entropy;
 #[cfg(feature = "cube")]
 mod cube;
 pub mod reference;
 
 use burn::backend::{Dispatch, DispatchDevice};
 use burn::nn::Dropout;
-use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 pub use backend::{RecurrenceBackend, RecurrenceGradientTensors};
+pub use cross_entropy::CrossEntropyBackend;
 
 use crate::{CellKind, LayerState};
 
@@ -93,6 +96,28 @@ thread_local! {
 /// Fusion's stream).
 pub fn device_kernel_calls_on_this_thread() -> u64 {
     DEVICE_KERNEL_CALLS.with(|calls| calls.get())
+}
+
+/// The cross-entropy of each row of `logits` against its class id, `-log softmax(x)[target]`
+/// in nats: on a CPU device that [has host kernels](has_host_kernels), one host pass forward
+/// and one backward; elsewhere, and for other precisions, `log_softmax` and `gather`.
+///
+/// # Shapes
+/// - logits: `[rows, classes]`; targets: `[rows]`, each below `classes`
+/// - output: `[rows]`
+pub fn cross_entropy_rows(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+    let [rows, _] = logits.dims();
+    if !has_host_kernels(&logits.device()) || logits.dtype() != DType::F32 || rows == 0 {
+        return log_softmax(logits, 1)
+            .gather(1, targets.reshape([rows, 1]))
+            .reshape([rows])
+            .neg();
+    }
+    let (losses, _) = <Dispatch as CrossEntropyBackend>::cross_entropy_forward(
+        logits.into_dispatch(),
+        targets.float().into_dispatch(),
+    );
+    Tensor::<1>::from_dispatch(losses)
 }
 
 /// Burn's [`Dropout`] between layers, with its mask drawn by the host kernels where the device
