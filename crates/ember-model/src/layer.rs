@@ -153,6 +153,41 @@ impl RecurrentLayer {
         )
     }
 
+    /// The whole chunk from the layer's input: `x W_ih` in one product, then
+    /// [`ops::recurrence`]. Where the cell adds both biases to the same pre-activations (tanh
+    /// RNN, LSTM), `b_ih` joins `b_hh` inside the op instead of making a pass of its own over the
+    /// projection, and its gradient comes from the op's instead of a reduction over every row;
+    /// the GRU keeps them apart (its reset gate scales `b_hn` and not `b_in`).
+    ///
+    /// # Shapes
+    /// - input: `[seq_len, batch_size, d_input]`, time-major
+    /// - mask: `[seq_len, batch_size]`, 1 on real steps and 0 on padding
+    /// - output: `[seq_len, batch_size, d_hidden]`; state: `[batch_size, d_hidden]` per tensor
+    pub fn forward_sequence(
+        &self,
+        input: Tensor<3>,
+        state: LayerState,
+        mask: Option<Tensor<2>>,
+    ) -> (Tensor<3>, LayerState) {
+        if self.cell == CellKind::Gru {
+            return self.forward_projected(self.project_sequence(input), state, mask);
+        }
+        let [seq_len, batch_size, d_input] = input.dims();
+        let projected = input
+            .reshape([seq_len * batch_size, d_input])
+            .matmul(self.weight_ih.val());
+        let d_gates = projected.dims()[1];
+        ops::recurrence(
+            self.cell,
+            projected.reshape([seq_len, batch_size, d_gates]),
+            self.weight_hh.val(),
+            self.bias_ih.val() + self.bias_hh.val(),
+            state,
+            mask,
+            self.kernel,
+        )
+    }
+
     /// One time step from an already projected input (see [`project_input`](Self::project_input)).
     ///
     /// # Shapes

@@ -113,8 +113,7 @@ impl StackedRecurrent {
         input: Tensor<3>,
         state: Option<RecurrentState>,
     ) -> (Tensor<3>, RecurrentState) {
-        let projected = self.layers[0].project_sequence(input.swap_dims(0, 1));
-        let (outputs, state) = self.forward_time_major(projected, None, state);
+        let (outputs, state) = self.run(Bottom::Input(input.swap_dims(0, 1)), None, state);
         (outputs.swap_dims(0, 1), state)
     }
 
@@ -125,8 +124,7 @@ impl StackedRecurrent {
         inputs: Vec<Tensor<2>>,
         state: Option<RecurrentState>,
     ) -> (Vec<Tensor<2>>, RecurrentState) {
-        let projected = self.layers[0].project_sequence(Tensor::stack(inputs, 0));
-        let (outputs, state) = self.forward_time_major(projected, None, state);
+        let (outputs, state) = self.run(Bottom::Input(Tensor::stack(inputs, 0)), None, state);
         (split_steps(outputs), state)
     }
 
@@ -165,8 +163,7 @@ impl StackedRecurrent {
             input = input.flip([0]);
             mask = mask.flip([0]);
         }
-        let projected = self.layers[0].project_sequence(input);
-        let (mut outputs, state) = self.forward_time_major(projected, Some(mask), state);
+        let (mut outputs, state) = self.run(Bottom::Input(input), Some(mask), state);
         if reverse {
             outputs = outputs.flip([0]);
         }
@@ -186,22 +183,38 @@ impl StackedRecurrent {
         mask: Option<Tensor<2>>,
         state: Option<RecurrentState>,
     ) -> (Tensor<3>, RecurrentState) {
-        let [_, batch_size, _] = projected.dims();
-        let state = state.unwrap_or_else(|| self.zero_state(batch_size, &projected.device()));
+        self.run(Bottom::Projected(projected), mask, state)
+    }
+
+    /// Runs the layers over a time-major chunk, from the bottom layer's input or its projection.
+    fn run(
+        &self,
+        bottom: Bottom,
+        mask: Option<Tensor<2>>,
+        state: Option<RecurrentState>,
+    ) -> (Tensor<3>, RecurrentState) {
+        let (Bottom::Input(first) | Bottom::Projected(first)) = &bottom;
+        let [_, batch_size, _] = first.dims();
+        let state = state.unwrap_or_else(|| self.zero_state(batch_size, &first.device()));
         assert_eq!(state.num_layers(), self.num_layers(), "one state per layer");
         let mut final_states = Vec::with_capacity(self.num_layers());
         // Moved into the op, not cloned: a second handle would make the host kernels copy it.
-        let mut bottom_projected = Some(projected);
-        let mut outputs = None;
+        let mut bottom = Some(bottom);
+        let mut outputs: Option<Tensor<3>> = None;
         for (layer, layer_state) in self.layers.iter().zip(state.layers) {
-            let layer_projected = match outputs.take() {
-                Some(below) => layer.project_sequence(ops::dropout(&self.dropout, below)),
-                None => bottom_projected
-                    .take()
-                    .expect("the bottom layer comes first"),
+            let mask = mask.clone();
+            let (layer_outputs, final_state) = match (outputs.take(), bottom.take()) {
+                (Some(below), _) => {
+                    layer.forward_sequence(ops::dropout(&self.dropout, below), layer_state, mask)
+                }
+                (None, Some(Bottom::Input(input))) => {
+                    layer.forward_sequence(input, layer_state, mask)
+                }
+                (None, Some(Bottom::Projected(projected))) => {
+                    layer.forward_projected(projected, layer_state, mask)
+                }
+                (None, None) => unreachable!("the bottom layer reads the bottom input"),
             };
-            let (layer_outputs, final_state) =
-                layer.forward_projected(layer_projected, layer_state, mask.clone());
             outputs = Some(layer_outputs);
             final_states.push(final_state);
         }
@@ -252,6 +265,13 @@ impl StackedRecurrent {
 
 /// The steps of a time-major `[seq_len, batch_size, width]` tensor, one `[batch_size, width]`
 /// tensor each.
+/// The bottom input of [`StackedRecurrent::run`]: the sequence itself, `[seq_len, batch_size,
+/// d_input]`, or its projection by the bottom layer, `[seq_len, batch_size, num_gates * d_hidden]`.
+enum Bottom {
+    Input(Tensor<3>),
+    Projected(Tensor<3>),
+}
+
 fn split_steps(sequence: Tensor<3>) -> Vec<Tensor<2>> {
     sequence
         .iter_dim(0)
