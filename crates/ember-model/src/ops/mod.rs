@@ -7,6 +7,10 @@
 //! anywhere else it runs [`reference::recurrence`], the same computation composed of Burn's
 //! tensor primitives. Nothing above the op knows which ran: gradients flow into the
 //! projected inputs, the weights and the initial state either way.
+//!
+//! Two smaller ops around it take the host kernels on the CPU backends the same way and Burn's
+//! own composition elsewhere: [`cross_entropy_rows`], the loss of every model, and [`dropout`],
+//! between a stack's layers.
 
 mod backend;
 mod cross_entropy;
