@@ -39,6 +39,11 @@ impl CellKind {
         matches!(self, CellKind::Lstm)
     }
 
+    /// The vectors a row's state holds: the hidden vector, and the LSTM's cell vector.
+    pub fn num_states(self) -> usize {
+        1 + usize::from(self.has_cell_state())
+    }
+
     /// The lower-case name used in configs and on the command line.
     pub fn name(self) -> &'static str {
         match self {

@@ -154,8 +154,7 @@ fn forward_sharded(
     // The backward pass cuts the tape as the forward pass did, whatever its own thread count.
     tape[0] = count as f32;
     // Room for the final state after the outputs: a caller that stacks them copies nothing.
-    let state_rows = if shape.cell == CellKind::Lstm { 2 } else { 1 };
-    let mut outputs = pool::scratch((steps + state_rows) * batch * h);
+    let mut outputs = pool::scratch((steps + shape.cell.num_states()) * batch * h);
     outputs.truncate(steps * batch * h);
     let mut segments = split_by_shard(shape, &shards, &mut tape[1..]);
     let mut shard_outputs = rows_by_shard(&mut outputs, batch * h, h, &shards);

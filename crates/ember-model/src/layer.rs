@@ -122,11 +122,17 @@ impl RecurrentLayer {
     /// - input: `[seq_len, batch_size, d_input]`
     /// - output: `[seq_len, batch_size, num_gates * d_hidden]`
     pub fn project_sequence(&self, input: Tensor<3>) -> Tensor<3> {
+        self.multiply_sequence(input) + self.bias_ih.val().unsqueeze()
+    }
+
+    /// `x W_ih` of a whole time-major chunk, without the bias: one matrix product.
+    fn multiply_sequence(&self, input: Tensor<3>) -> Tensor<3> {
         let [seq_len, batch_size, d_input] = input.dims();
-        let rows = input.reshape([seq_len * batch_size, d_input]);
-        let projected = self.project_input(rows);
-        let d_gates = projected.dims()[1];
-        projected.reshape([seq_len, batch_size, d_gates])
+        let product = input
+            .reshape([seq_len * batch_size, d_input])
+            .matmul(self.weight_ih.val());
+        let d_gates = product.dims()[1];
+        product.reshape([seq_len, batch_size, d_gates])
     }
 
     /// The whole chunk through [`ops::recurrence`] from already projected inputs: the host
@@ -169,19 +175,18 @@ impl RecurrentLayer {
         state: LayerState,
         mask: Option<Tensor<2>>,
     ) -> (Tensor<3>, LayerState) {
-        if self.cell == CellKind::Gru {
-            return self.forward_projected(self.project_sequence(input), state, mask);
-        }
-        let [seq_len, batch_size, d_input] = input.dims();
-        let projected = input
-            .reshape([seq_len * batch_size, d_input])
-            .matmul(self.weight_ih.val());
-        let d_gates = projected.dims()[1];
+        let (projected, bias) = match self.cell {
+            CellKind::Gru => (self.project_sequence(input), self.bias_hh.val()),
+            _ => (
+                self.multiply_sequence(input),
+                self.bias_ih.val() + self.bias_hh.val(),
+            ),
+        };
         ops::recurrence(
             self.cell,
-            projected.reshape([seq_len, batch_size, d_gates]),
+            projected,
             self.weight_hh.val(),
-            self.bias_ih.val() + self.bias_hh.val(),
+            bias,
             state,
             mask,
             self.kernel,

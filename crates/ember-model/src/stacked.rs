@@ -197,29 +197,27 @@ impl StackedRecurrent {
         let [_, batch_size, _] = first.dims();
         let state = state.unwrap_or_else(|| self.zero_state(batch_size, &first.device()));
         assert_eq!(state.num_layers(), self.num_layers(), "one state per layer");
-        let mut final_states = Vec::with_capacity(self.num_layers());
+        let mut layers = self.layers.iter().zip(state.layers);
+        let (bottom_layer, bottom_state) = layers.next().expect("a stack has a layer");
         // Moved into the op, not cloned: a second handle would make the host kernels copy it.
-        let mut bottom = Some(bottom);
-        let mut outputs: Option<Tensor<3>> = None;
-        for (layer, layer_state) in self.layers.iter().zip(state.layers) {
-            let mask = mask.clone();
-            let (layer_outputs, final_state) = match (outputs.take(), bottom.take()) {
-                (Some(below), _) => {
-                    layer.forward_sequence(ops::dropout(&self.dropout, below), layer_state, mask)
-                }
-                (None, Some(Bottom::Input(input))) => {
-                    layer.forward_sequence(input, layer_state, mask)
-                }
-                (None, Some(Bottom::Projected(projected))) => {
-                    layer.forward_projected(projected, layer_state, mask)
-                }
-                (None, None) => unreachable!("the bottom layer reads the bottom input"),
-            };
-            outputs = Some(layer_outputs);
+        let (mut outputs, bottom_final) = match bottom {
+            Bottom::Input(input) => {
+                bottom_layer.forward_sequence(input, bottom_state, mask.clone())
+            }
+            Bottom::Projected(projected) => {
+                bottom_layer.forward_projected(projected, bottom_state, mask.clone())
+            }
+        };
+        let mut final_states = vec![bottom_final];
+        for (layer, layer_state) in layers {
+            let below = ops::dropout(&self.dropout, outputs);
+            let (layer_outputs, final_state) =
+                layer.forward_sequence(below, layer_state, mask.clone());
+            outputs = layer_outputs;
             final_states.push(final_state);
         }
         (
-            outputs.expect("a stack has a layer"),
+            outputs,
             RecurrentState {
                 layers: final_states,
             },

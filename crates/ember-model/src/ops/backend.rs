@@ -158,7 +158,7 @@ fn host_forward<B: Backend>(
     let mut stacked = result.outputs;
     stacked.extend_from_slice(&result.hidden);
     stacked.extend_from_slice(&result.cell);
-    let rows = steps + 1 + usize::from(kind == CellKind::Lstm);
+    let rows = steps + kind.num_states();
     let stacked = tensor::<B>(stacked, [rows, batch, h], &device);
     let tape = match keep_tape {
         true => {
@@ -182,7 +182,7 @@ fn host_backward<B: Backend>(
 ) -> RecurrenceGradientTensors<B> {
     let device = d_stacked.device();
     let [rows, batch, h] = d_stacked.shape().dims();
-    let steps = rows - 1 - usize::from(kind == CellKind::Lstm);
+    let steps = rows - kind.num_states();
     let shape = RecurrenceShape {
         cell: kind,
         seq_len: steps,

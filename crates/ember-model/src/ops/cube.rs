@@ -101,6 +101,7 @@ fn forward_step_kernel<F: Float>(
     seq_len: u32,
     batch_size: u32,
     d_hidden: u32,
+    width: u32,
     cells_at: u32,
     gates_at: u32,
     hidden_new_at: u32,
@@ -116,14 +117,7 @@ fn forward_step_kernel<F: Float>(
     }
     let row = index / units;
     let unit = index % units;
-    let width = units
-        * comptime!(if cell == 1 {
-            4u32
-        } else if cell == 2 {
-            3u32
-        } else {
-            1u32
-        }) as usize;
+    let width = width as usize;
     let x = t * rows * width + row * width + unit;
     let p = row * width + unit;
     let g = gates_at as usize + t * rows * width + row * width + unit;
@@ -190,8 +184,10 @@ fn forward_step_kernel<F: Float>(
 /// One step backward for every (row, unit): from the gradient arriving at `h_t` (the output's,
 /// plus what step `t + 1` sent back: `carry_direct + carry_product`) and, for the LSTM, at
 /// `c_t` (`carry_cell`, replaced in place by `c_{t-1}`'s), writes the gradients of the step's
-/// projected inputs and of its hidden projection, and the direct part of `h_{t-1}`'s gradient
-/// (in place of `carry_direct`; the product `d_hidden_projected W_hhᵀ` is added by the caller).
+/// projected inputs and, for the GRU, of its hidden projection (the other cells' is the
+/// projected inputs'), and the direct part of `h_{t-1}`'s gradient (in place of
+/// `carry_direct`; the product of the hidden projection's gradient and `W_hhᵀ` is added by the
+/// caller).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn backward_step_kernel<F: Float>(
@@ -206,6 +202,7 @@ fn backward_step_kernel<F: Float>(
     step: u32,
     batch_size: u32,
     d_hidden: u32,
+    width: u32,
     cells_at: u32,
     gates_at: u32,
     hidden_new_at: u32,
@@ -221,14 +218,7 @@ fn backward_step_kernel<F: Float>(
     }
     let row = index / units;
     let unit = index % units;
-    let width = units
-        * comptime!(if cell == 1 {
-            4u32
-        } else if cell == 2 {
-            3u32
-        } else {
-            1u32
-        }) as usize;
+    let width = width as usize;
     let x = t * rows * width + row * width + unit;
     let g = gates_at as usize + t * rows * width + row * width + unit;
     let one = F::new(1.0);
@@ -252,9 +242,7 @@ fn backward_step_kernel<F: Float>(
     }
     if comptime!(cell == 0) {
         let a = tape[g];
-        let d = d_next * (one - a * a);
-        d_projected[x] = d;
-        d_hidden_projected[x] = d;
+        d_projected[x] = d_next * (one - a * a);
     } else if comptime!(cell == 1) {
         let i = tape[g];
         let f = tape[g + units];
@@ -271,10 +259,6 @@ fn backward_step_kernel<F: Float>(
         d_projected[x + units] = d_f;
         d_projected[x + 2 * units] = d_c;
         d_projected[x + 3 * units] = d_o;
-        d_hidden_projected[x] = d_i;
-        d_hidden_projected[x + units] = d_f;
-        d_hidden_projected[x + 2 * units] = d_c;
-        d_hidden_projected[x + 3 * units] = d_o;
         carry_cell[index] = d_previous_cell + dc * f;
     } else {
         let r = tape[g];
@@ -365,8 +349,10 @@ impl RecurrenceBackend for CubeBackend {
         let bias_hh = flat(bias_hh);
         let weight_hh = into_contiguous(weight_hh);
         let mask = flat(mask);
-        let state_rows = 1 + usize::from(kind == CellKind::Lstm);
-        let stacked = empty(&projected, [seq_len + state_rows, batch_size, d_hidden]);
+        let stacked = empty(
+            &projected,
+            [seq_len + kind.num_states(), batch_size, d_hidden],
+        );
         let tape = empty(&projected, [layout.len]);
         copy(&flat(hidden), 0, &tape, layout.hiddens, plane);
         if kind == CellKind::Lstm {
@@ -392,6 +378,7 @@ impl RecurrenceBackend for CubeBackend {
                 seq_len as u32,
                 batch_size as u32,
                 d_hidden as u32,
+                width as u32,
                 layout.cells as u32,
                 layout.gates as u32,
                 layout.hidden_new as u32,
@@ -413,8 +400,7 @@ impl RecurrenceBackend for CubeBackend {
         masked: bool,
     ) -> RecurrenceGradientTensors<Self> {
         let [rows, batch_size, d_hidden] = d_stacked.shape().dims();
-        let state_rows = 1 + usize::from(kind == CellKind::Lstm);
-        let seq_len = rows - state_rows;
+        let seq_len = rows - kind.num_states();
         let width = kind.num_gates() * d_hidden;
         let plane = batch_size * d_hidden;
         let layout = TapeLayout::new(kind, seq_len, batch_size, d_hidden);
@@ -432,7 +418,18 @@ impl RecurrenceBackend for CubeBackend {
         let mut carry_product =
             CubeBackend::float_zeros(Shape::new([plane]), &tape.device, tape.dtype.into());
         let d_projected = empty(&tape, [seq_len * batch_size * width]);
-        let d_hidden_projected = empty(&tape, [seq_len * batch_size * width]);
+        // The GRU's reset gate scales the candidate block of its hidden projection, whose
+        // gradient then differs from the projected inputs'; the other cells' is the same one.
+        let gru = kind == CellKind::Gru;
+        let d_hidden_projected = match gru {
+            true => empty(&tape, [seq_len * batch_size * width]),
+            false => empty(&tape, [1]),
+        };
+        let d_recurrent = if gru {
+            &d_hidden_projected
+        } else {
+            &d_projected
+        };
         let (cube_count, cube_dim) = launch_dims(&tape, plane);
         for t in (0..seq_len).rev() {
             backward_step_kernel::launch(
@@ -450,6 +447,7 @@ impl RecurrenceBackend for CubeBackend {
                 t as u32,
                 batch_size as u32,
                 d_hidden as u32,
+                width as u32,
                 layout.cells as u32,
                 layout.gates as u32,
                 layout.hidden_new as u32,
@@ -457,12 +455,7 @@ impl RecurrenceBackend for CubeBackend {
                 masked,
                 storage(&tape),
             );
-            let d_step = matrix(
-                &d_hidden_projected,
-                t * batch_size * width,
-                batch_size,
-                width,
-            );
+            let d_step = matrix(d_recurrent, t * batch_size * width, batch_size, width);
             carry_product = flat(CubeBackend::float_matmul(d_step, weight_transposed.clone()));
         }
         let hidden = CubeBackend::float_reshape(
@@ -475,14 +468,12 @@ impl RecurrenceBackend for CubeBackend {
             }
             _ => hidden.clone(),
         };
-        let d_hidden_projected = matrix(&d_hidden_projected, 0, seq_len * batch_size, width);
+        let d_recurrent = matrix(d_recurrent, 0, seq_len * batch_size, width);
         let previous = matrix(&tape, layout.hiddens, seq_len * batch_size, d_hidden);
-        let weight = CubeBackend::float_matmul(
-            CubeBackend::float_transpose(previous),
-            d_hidden_projected.clone(),
-        );
+        let weight =
+            CubeBackend::float_matmul(CubeBackend::float_transpose(previous), d_recurrent.clone());
         let bias = CubeBackend::float_reshape(
-            CubeBackend::float_sum_dim(d_hidden_projected, 0),
+            CubeBackend::float_sum_dim(d_recurrent, 0),
             Shape::new([width]),
         );
         let projected =
@@ -506,7 +497,7 @@ pub(crate) fn forward_specs(
     use burn::backend::fusion::custom::TensorSpec;
     let [seq_len, batch_size, _] = projected.shape.dims();
     let d_hidden = hidden.shape[1];
-    let rows = seq_len + 1 + usize::from(*kind == CellKind::Lstm);
+    let rows = seq_len + kind.num_states();
     let stacked = TensorSpec::new(Shape::new([rows, batch_size, d_hidden]), projected.dtype);
     let tape = match keep_tape {
         true => TensorSpec::new(
@@ -532,7 +523,7 @@ pub(crate) fn backward_specs(
 ) {
     use burn::backend::fusion::custom::TensorSpec;
     let [rows, batch_size, d_hidden] = d_stacked.shape.dims();
-    let seq_len = rows - 1 - usize::from(*kind == CellKind::Lstm);
+    let seq_len = rows - kind.num_states();
     let width = weight_hh.shape[1];
     let dtype = d_stacked.dtype;
     let state = TensorSpec::new(Shape::new([batch_size, d_hidden]), dtype);

@@ -61,14 +61,18 @@ pub fn host_values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
         .expect("values converted to f32")
 }
 
+/// The backend's own device under `device`, with or without autodiff around it.
+fn backend_device(device: &Device) -> &DispatchDevice {
+    match device.as_dispatch() {
+        DispatchDevice::Autodiff(inner) => inner,
+        other => other,
+    }
+}
+
 /// Whether `device` runs the host kernels: a CPU backend this crate has them for, with or
 /// without autodiff.
 pub fn has_host_kernels(device: &Device) -> bool {
-    let device = match device.as_dispatch() {
-        DispatchDevice::Autodiff(inner) => &**inner,
-        other => other,
-    };
-    match device {
+    match backend_device(device) {
         #[cfg(feature = "flex")]
         DispatchDevice::Flex(_) => true,
         #[cfg(feature = "ndarray")]
@@ -80,11 +84,7 @@ pub fn has_host_kernels(device: &Device) -> bool {
 /// Whether `device` runs the op's CubeCL kernels: a GPU backend (wgpu, Vulkan, Metal, CUDA,
 /// ROCm) in a build with the `cube` feature.
 pub fn has_device_kernels(device: &Device) -> bool {
-    let device = match device.as_dispatch() {
-        DispatchDevice::Autodiff(inner) => &**inner,
-        other => other,
-    };
-    match device {
+    match backend_device(device) {
         #[cfg(feature = "cube")]
         DispatchDevice::Cube(_) => true,
         _ => false,
