@@ -1,8 +1,9 @@
 //! The matrix products of the kernels, through the `gemm` crate.
 //!
 //! `gemm` reads the CPU's cache sizes and vector width at run time (AVX2, AVX-512, NEON), so the
-//! products need nothing measured on one machine. The kernels call it single-threaded: they run
-//! on threads of their own, one batch shard each.
+//! products need nothing measured on one machine. The recurrence kernels call it single-threaded
+//! ([`matmul`]): they run on threads of their own, one batch shard each. [`product`] is a whole
+//! product on rayon's pool, into a buffer of its own.
 
 /// A matrix operand: its values and (row stride, column stride) in elements.
 #[derive(Debug, Clone, Copy)]
@@ -61,14 +62,7 @@ pub fn matmul(
     accumulate: bool,
     c: &mut [f32],
 ) {
-    assert!(
-        a.reaches(m, k),
-        "the left operand is smaller than [{m}, {k}]"
-    );
-    assert!(
-        b.reaches(k, n),
-        "the right operand is smaller than [{k}, {n}]"
-    );
+    check_operands((m, k, n), a, b);
     assert!(c.len() >= m * n, "the product is smaller than [{m}, {n}]");
     if m * n == 0 {
         return;
@@ -79,14 +73,81 @@ pub fn matmul(
         }
         return;
     }
-    // SAFETY: the asserts above keep every element the strides reach inside its slice, and `c`
-    // is borrowed mutably, so it overlaps neither operand.
+    // SAFETY: `check_operands` keeps every element the strides reach inside its slice, and `c`
+    // is borrowed mutably, so it overlaps neither operand and holds `m * n` values.
+    unsafe {
+        gemm_into(
+            (m, k, n),
+            a,
+            b,
+            c.as_mut_ptr(),
+            accumulate,
+            gemm::Parallelism::None,
+        )
+    };
+}
+
+/// `a b` for `a: [m, k]` and `b: [k, n]`, as a new row-major `[m, n]` buffer, on rayon's
+/// pool (`gemm` keeps products too small to pay for threads on one).
+///
+/// The buffer is written once, by the product: no pass zeroes it first.
+///
+/// # Panics
+/// If an operand's strides reach outside its values.
+pub fn product((m, k, n): (usize, usize, usize), a: Operand<'_>, b: Operand<'_>) -> Vec<f32> {
+    check_operands((m, k, n), a, b);
+    if m * n == 0 || k == 0 {
+        return vec![0.0; m * n];
+    }
+    let mut c = Vec::<f32>::with_capacity(m * n);
+    // SAFETY: `check_operands` keeps every element the strides reach inside its slice; `c` has
+    // room for `m * n` values and overlaps neither operand. Not accumulating, gemm writes every
+    // element of `c` without reading it, so all `m * n` are initialised when it returns.
+    unsafe {
+        gemm_into(
+            (m, k, n),
+            a,
+            b,
+            c.spare_capacity_mut().as_mut_ptr().cast::<f32>(),
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+        c.set_len(m * n);
+    }
+    c
+}
+
+fn check_operands((m, k, n): (usize, usize, usize), a: Operand<'_>, b: Operand<'_>) {
+    assert!(
+        a.reaches(m, k),
+        "the left operand is smaller than [{m}, {k}]"
+    );
+    assert!(
+        b.reaches(k, n),
+        "the right operand is smaller than [{k}, {n}]"
+    );
+}
+
+/// `c = a b`, or `c += a b` if `accumulate`, through `gemm`.
+///
+/// # Safety
+/// Every element the operands' strides reach is inside their slices, `k > 0`, and `c` points to
+/// room for `m * n` values (initialised if `accumulate`) that overlaps neither operand.
+unsafe fn gemm_into(
+    (m, k, n): (usize, usize, usize),
+    a: Operand<'_>,
+    b: Operand<'_>,
+    c: *mut f32,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: the caller's contract is gemm's: the strides stay inside the operands and `c`.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
             n as isize,
             accumulate,
@@ -101,7 +162,7 @@ pub fn matmul(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
 }
@@ -134,6 +195,8 @@ mod tests {
             (3, 5, 7),
             (17, 33, 65),
             (1, 128, 512),
+            // Large enough for gemm to split it over threads.
+            (300, 257, 129),
         ] {
             let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
             let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.5 - 1.0).collect();
@@ -157,6 +220,14 @@ mod tests {
                 matmul((m, k, n), a, b, true, &mut c);
                 for (got, want) in c.iter().zip(&expected) {
                     assert!((got - 2.0 * want).abs() <= 1e-4 * (1.0 + want.abs()));
+                }
+                let fresh = product((m, k, n), a, b);
+                assert_eq!(fresh.len(), expected.len());
+                for (got, want) in fresh.iter().zip(&expected) {
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "product [{m},{k},{n}]"
+                    );
                 }
             }
         }

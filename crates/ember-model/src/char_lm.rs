@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Int, Tensor};
 
-use crate::ops::Kernel;
+use crate::ops::{self, Kernel};
 use crate::{CellKind, RecurrentState, StackedRecurrent, StackedRecurrentConfig, cross_entropy};
 
 /// Configuration to create a [`CharLm`] with [`CharLmConfig::init`].
@@ -114,10 +114,11 @@ impl CharLm {
         // The head reads every position as one matrix, `[seq_len * batch_size, d_hidden]`: one
         // product, where the batch-major view would be a product per stream.
         let [seq_len, batch_size, d_hidden] = outputs.dims();
-        let logits = self
-            .head
-            .forward(outputs.reshape([seq_len * batch_size, d_hidden]))
-            .reshape([seq_len, batch_size, self.vocab_size()]);
+        let logits = ops::linear(
+            &self.head,
+            outputs.reshape([seq_len * batch_size, d_hidden]),
+        )
+        .reshape([seq_len, batch_size, self.vocab_size()]);
         (logits.swap_dims(0, 1), state)
     }
 

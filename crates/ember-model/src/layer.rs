@@ -128,9 +128,10 @@ impl RecurrentLayer {
     /// `x W_ih` of a whole time-major chunk, without the bias: one matrix product.
     fn multiply_sequence(&self, input: Tensor<3>) -> Tensor<3> {
         let [seq_len, batch_size, d_input] = input.dims();
-        let product = input
-            .reshape([seq_len * batch_size, d_input])
-            .matmul(self.weight_ih.val());
+        let product = ops::matmul(
+            input.reshape([seq_len * batch_size, d_input]),
+            self.weight_ih.val(),
+        );
         let d_gates = product.dims()[1];
         product.reshape([seq_len, batch_size, d_gates])
     }

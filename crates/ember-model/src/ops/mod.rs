@@ -8,24 +8,27 @@
 //! tensor primitives. Nothing above the op knows which ran: gradients flow into the
 //! projected inputs, the weights and the initial state either way.
 //!
-//! Two smaller ops around it take the host kernels on the CPU backends the same way and Burn's
-//! own composition elsewhere: [`cross_entropy_rows`], the loss of every model, and [`dropout`],
-//! between a stack's layers.
+//! Three smaller ops around it take the host kernels on the CPU backends the same way and Burn's
+//! own composition elsewhere: [`matmul`], the layers' input projections and the language
+//! model's head; [`cross_entropy_rows`], the loss of every model; and [`dropout`], between a
+//! stack's layers.
 
 mod backend;
 mod cross_entropy;
 #[cfg(feature = "cube")]
 mod cube;
+mod product;
 pub mod reference;
 
 use burn::backend::{Dispatch, DispatchDevice};
-use burn::nn::Dropout;
+use burn::nn::{Dropout, Linear};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 pub use backend::{RecurrenceBackend, RecurrenceGradientTensors};
 pub use cross_entropy::CrossEntropyBackend;
+pub use product::ProductBackend;
 
 use crate::{CellKind, LayerState};
 
@@ -122,6 +125,34 @@ pub fn cross_entropy_rows(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<
         targets.float().into_dispatch(),
     );
     Tensor::<1>::from_dispatch(losses)
+}
+
+/// The matrix product `lhs rhs`: on a CPU device that [has host kernels](has_host_kernels),
+/// `gemm` on rayon's pool into an output buffer written once, its gradients the same way;
+/// elsewhere, and for other precisions, Burn's `matmul`.
+///
+/// # Shapes
+/// - lhs: `[m, k]`; rhs: `[k, n]`; output: `[m, n]`
+pub fn matmul(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
+    if !has_host_kernels(&lhs.device()) || lhs.dtype() != DType::F32 || rhs.dtype() != DType::F32 {
+        return lhs.matmul(rhs);
+    }
+    Tensor::<2>::from_dispatch(<Dispatch as ProductBackend>::product(
+        lhs.into_dispatch(),
+        rhs.into_dispatch(),
+    ))
+}
+
+/// What `linear.forward(rows)` computes, with its product through [`matmul`].
+///
+/// # Shapes
+/// - rows: `[rows, d_input]`; output: `[rows, d_output]`
+pub fn linear(linear: &Linear, rows: Tensor<2>) -> Tensor<2> {
+    let output = matmul(rows, linear.weight.val());
+    match &linear.bias {
+        Some(bias) => output + bias.val().unsqueeze(),
+        None => output,
+    }
 }
 
 /// Burn's [`Dropout`] between layers, with its mask drawn by the host kernels where the device
