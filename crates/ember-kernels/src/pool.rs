@@ -33,6 +33,14 @@ pub fn copied(values: &[f32]) -> Vec<f32> {
     buffer
 }
 
+/// An empty buffer with room for `len` values, for a caller that writes them through its spare
+/// capacity.
+pub fn with_capacity(len: usize) -> Vec<f32> {
+    let mut buffer = take(len);
+    buffer.clear();
+    buffer
+}
+
 /// A buffer with room for `len` values, its contents as it was left: the smallest kept one that
 /// fits, else a new one.
 fn take(len: usize) -> Vec<f32> {
@@ -83,5 +91,7 @@ mod tests {
         recycle(second);
         assert_eq!(scratch(SMALLEST * 2 + 1).len(), SMALLEST * 2 + 1);
         assert_eq!(copied(&[1.0, 2.0]), vec![1.0, 2.0]);
+        let empty = with_capacity(SMALLEST * 3);
+        assert!(empty.is_empty() && empty.capacity() >= SMALLEST * 3);
     }
 }

@@ -9,6 +9,7 @@
 //! new state with the previous one, `s_t = s_{t-1} + m_t (s~_t - s_{t-1})`: a row's state holds
 //! still on padding, and its output there is the state it holds.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -150,22 +151,43 @@ fn forward_sharded(
 ) -> RecurrenceOutputs {
     let (steps, batch, h) = (shape.seq_len, shape.batch_size, shape.d_hidden);
     let shards = parallel::shard_rows(batch, count);
-    let mut tape = pool::scratch(shape.tape_len());
-    // The backward pass cuts the tape as the forward pass did, whatever its own thread count.
-    tape[0] = count as f32;
+    // Both buffers are written by the shards, in parallel, and by nothing before them: each
+    // shard zeroes its own segment of the tape and writes every step's outputs of its rows.
+    let tape_len = shape.tape_len();
+    // A tape that the caller keeps leaves with it; one only worked in comes back to the pool.
+    let mut tape = match keep_tape {
+        true => Vec::with_capacity(tape_len),
+        false => pool::with_capacity(tape_len),
+    };
     // Room for the final state after the outputs: a caller that stacks them copies nothing.
-    let mut outputs = pool::scratch((steps + shape.cell.num_states()) * batch * h);
-    outputs.truncate(steps * batch * h);
-    let mut segments = split_by_shard(shape, &shards, &mut tape[1..]);
-    let mut shard_outputs = rows_by_shard(&mut outputs, batch * h, h, &shards);
-    segments
-        .par_iter_mut()
-        .zip(shard_outputs.par_iter_mut())
-        .zip(shards.par_iter())
-        .for_each(|((segment, outputs), rows)| {
-            forward_shard(shape, inputs, rows.clone(), segment, outputs)
-        });
-    drop((segments, shard_outputs));
+    let outputs_len = steps * batch * h;
+    let mut outputs = Vec::with_capacity(outputs_len + shape.cell.num_states() * batch * h);
+    {
+        let (count_slot, segments) = tape.spare_capacity_mut()[..tape_len].split_at_mut(1);
+        // The backward pass cuts the tape as the forward pass did, whatever its own thread count.
+        count_slot[0].write(count as f32);
+        let mut segments = split_by_shard(shape, &shards, segments);
+        let mut shard_outputs = rows_by_shard(
+            &mut outputs.spare_capacity_mut()[..outputs_len],
+            batch * h,
+            h,
+            &shards,
+        );
+        segments
+            .par_iter_mut()
+            .zip(shard_outputs.par_iter_mut())
+            .zip(shards.par_iter())
+            .for_each(|((segment, outputs), rows)| {
+                let segment = zeroed(segment);
+                forward_shard(shape, inputs, rows.clone(), segment, outputs)
+            });
+    }
+    // SAFETY: the count, then every shard's segment (`zeroed`), fill the whole tape; the shards'
+    // rows of every step cover the outputs, and `forward_shard` writes each step's rows.
+    unsafe {
+        tape.set_len(tape_len);
+        outputs.set_len(outputs_len);
+    }
     let mut hidden = vec![0.0; batch * h];
     let mut cell = if shape.cell == CellKind::Lstm {
         vec![0.0; batch * h]
@@ -257,8 +279,14 @@ pub fn backward(
         d_hidden,
         d_cell,
     };
-    let mut projected = pool::scratch(steps * batch * g);
-    let mut shard_projected = rows_by_shard(&mut projected, batch * g, g, &shards);
+    let projected_len = steps * batch * g;
+    let mut projected = Vec::with_capacity(projected_len);
+    let mut shard_projected = rows_by_shard(
+        &mut projected.spare_capacity_mut()[..projected_len],
+        batch * g,
+        g,
+        &shards,
+    );
     let parts: Vec<RecurrenceGradients> = segments
         .par_iter()
         .zip(shard_projected.par_iter_mut())
@@ -268,6 +296,9 @@ pub fn backward(
         })
         .collect();
     drop(shard_projected);
+    // SAFETY: the shards' rows of every step cover the buffer, and `backward_shard` writes each
+    // step's rows.
+    unsafe { projected.set_len(projected_len) };
     let mut gradients = RecurrenceGradients {
         projected,
         weight_hh: vec![0.0; h * g],
@@ -370,12 +401,12 @@ fn split_tape_mut(shape: RecurrenceShape, rows: usize, tape: &mut [f32]) -> Tape
 /// A time-major buffer (`step_len` values per step, `width` per row) cut into each shard's rows
 /// of every step: element `s` holds shard `s`'s slices, one per step, for it to write alone.
 fn rows_by_shard<'a>(
-    buffer: &'a mut [f32],
+    buffer: &'a mut [MaybeUninit<f32>],
     step_len: usize,
     width: usize,
     shards: &[Range<usize>],
-) -> Vec<Vec<&'a mut [f32]>> {
-    let mut by_shard: Vec<Vec<&mut [f32]>> = shards.iter().map(|_| Vec::new()).collect();
+) -> Vec<Vec<&'a mut [MaybeUninit<f32>]>> {
+    let mut by_shard: Vec<Vec<_>> = shards.iter().map(|_| Vec::new()).collect();
     for mut step in buffer.chunks_exact_mut(step_len) {
         for (rows, slices) in shards.iter().zip(&mut by_shard) {
             let (shard_rows, rest) = step.split_at_mut(rows.len() * width);
@@ -390,8 +421,8 @@ fn rows_by_shard<'a>(
 fn split_by_shard<'a>(
     shape: RecurrenceShape,
     shards: &[Range<usize>],
-    mut tape: &'a mut [f32],
-) -> Vec<&'a mut [f32]> {
+    mut tape: &'a mut [MaybeUninit<f32>],
+) -> Vec<&'a mut [MaybeUninit<f32>]> {
     let mut segments = Vec::with_capacity(shards.len());
     for rows in shards {
         let len: usize = shape.tape_parts(rows.len()).iter().sum();
@@ -400,6 +431,23 @@ fn split_by_shard<'a>(
         tape = rest;
     }
     segments
+}
+
+/// `values` set to zero, as initialised values.
+fn zeroed(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    values.fill(MaybeUninit::new(0.0));
+    // SAFETY: every element was just written; `MaybeUninit<f32>` has `f32`'s layout.
+    unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// Writes `source` into `destination`, element for element: how a shard fills its rows of a
+/// buffer that nothing initialised before it.
+#[inline(always)]
+pub(crate) fn write_rows(destination: &mut [MaybeUninit<f32>], source: &[f32]) {
+    assert_eq!(destination.len(), source.len(), "rows of one width");
+    for (slot, &value) in destination.iter_mut().zip(source) {
+        slot.write(value);
+    }
 }
 
 #[cfg(test)]

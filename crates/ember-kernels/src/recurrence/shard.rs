@@ -2,10 +2,12 @@
 //! shard carry their own state through the chunk, so shards run on separate threads without
 //! meeting until the chunk ends. [`super`] cuts the batch and the tape into shards.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use super::{
     RecurrenceGradients, RecurrenceInputs, RecurrenceShape, TapeParts, split_tape, split_tape_mut,
+    write_rows,
 };
 use crate::activation::{add_into, tanh};
 use crate::cells::{gru_step, gru_step_backward, lstm_step, lstm_step_backward};
@@ -32,18 +34,18 @@ dispatch_simd!(
     forward_shard_avx512,
     forward_shard_avx2,
     forward_shard_portable,
-    (shape: RecurrenceShape, inputs: &RecurrenceInputs<'_>, rows: Range<usize>, tape: &mut [f32], outputs: &mut [&mut [f32]]) -> ()
+    (shape: RecurrenceShape, inputs: &RecurrenceInputs<'_>, rows: Range<usize>, tape: &mut [f32], outputs: &mut [&mut [MaybeUninit<f32>]]) -> ()
 );
 
 /// The forward pass of the streams `rows`, into their own tape and their rows of every step's
-/// outputs (`outputs[t]`).
+/// outputs (`outputs[t]`), each of which it writes.
 #[inline(always)]
 fn forward_shard_portable(
     shape: RecurrenceShape,
     inputs: &RecurrenceInputs<'_>,
     rows: Range<usize>,
     tape: &mut [f32],
-    outputs: &mut [&mut [f32]],
+    outputs: &mut [&mut [MaybeUninit<f32>]],
 ) {
     let (steps, batch, h, g) = (
         shape.seq_len,
@@ -131,7 +133,7 @@ fn forward_shard_portable(
                 hold_on_padding(&mut rest[..width], &done[t * width..], step_mask, h);
             }
         }
-        outputs[t].copy_from_slice(next);
+        write_rows(outputs[t], next);
     }
     pool::recycle(hidden_projection);
 }
@@ -150,19 +152,19 @@ dispatch_simd!(
     backward_shard_avx512,
     backward_shard_avx2,
     backward_shard_portable,
-    (shape: RecurrenceShape, arguments: &BackwardArguments<'_>, tape: &[f32], rows: Range<usize>, projected: &mut [&mut [f32]]) -> RecurrenceGradients
+    (shape: RecurrenceShape, arguments: &BackwardArguments<'_>, tape: &[f32], rows: Range<usize>, projected: &mut [&mut [MaybeUninit<f32>]]) -> RecurrenceGradients
 );
 
 /// The backward pass of the streams `rows` from their tape: their gradients of the projected
-/// inputs, into their rows of every step's (`projected[t]`), of the initial state, and their
-/// part of the weights' (the result's `projected` is empty).
+/// inputs, into their rows of every step's (`projected[t]`, each of which it writes), of the
+/// initial state, and their part of the weights' (the result's `projected` is empty).
 #[inline(always)]
 fn backward_shard_portable(
     shape: RecurrenceShape,
     arguments: &BackwardArguments<'_>,
     tape: &[f32],
     rows: Range<usize>,
-    projected: &mut [&mut [f32]],
+    projected: &mut [&mut [MaybeUninit<f32>]],
 ) -> RecurrenceGradients {
     let (steps, batch, h, g) = (
         shape.seq_len,
@@ -266,7 +268,10 @@ fn backward_shard_portable(
                 add_into(&mut d_cell, &held_cell);
             }
         }
-        projected[t].copy_from_slice(&d_projected[t * count * g..(t + 1) * count * g]);
+        write_rows(
+            projected[t],
+            &d_projected[t * count * g..(t + 1) * count * g],
+        );
     }
     let d_recurrent_all = if gru {
         &d_hidden_projection
