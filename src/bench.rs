@@ -454,13 +454,17 @@ fn pytorch_fields(ours: &str, theirs: &str) -> Result<String> {
 }
 
 /// Measures every case (or those whose name contains `filter`), each in a child process, and
-/// PyTorch on each with `pytorch`, an interpreter with `torch`.
+/// PyTorch on each with `pytorch`, an interpreter with `torch`. With `rounds` above one, each
+/// case and its baseline run that many times in turn, and the case's line is the round whose
+/// ratio to PyTorch is the median, with every round's ratio beside it: on a shared machine one
+/// round's two measurements can meet different loads.
 pub fn run_all(
     filter: Option<&str>,
     device: &Device,
     device_name: Option<&str>,
     seconds: f64,
     pytorch: Option<&Path>,
+    rounds: usize,
 ) -> Result<()> {
     let exe = std::env::current_exe().context("finding the ember binary")?;
     // A GPU backend runs the recurrence cases, a CPU backend the others.
@@ -477,59 +481,121 @@ pub fn run_all(
         )));
     }
     for name in selected {
-        let mut command = std::process::Command::new(&exe);
-        if let Some(device) = device_name {
-            command.args(["--device", device]);
-        }
-        let output = command
-            .args(["bench", "--case", &name, "--seconds", &seconds.to_string()])
-            .output()
-            .context("running a bench case")?;
-        if !output.status.success() {
-            bail!(
-                "bench case {name} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let Some(python) = pytorch else {
-            print!("{stdout}");
-            continue;
-        };
-        let line = stdout.trim();
-        let gpu_case = recurrence::cases().into_iter().find(|c| c.name() == name);
-        let lm_case = cases().into_iter().find(|c| c.name() == name);
-        let extra = match (lm_case, gpu_case) {
-            (None, Some(case)) => {
-                let args = case.pytorch_args();
-                let with = |tf32: &str| {
-                    let mut args = args.clone();
-                    args.extend(["--tf32".to_string(), tf32.to_string()]);
-                    measure_pytorch(python, &name, &args, seconds)
-                };
-                recurrence::pytorch_fields(line, &with("0")?, &with("1")?)?
-            }
-            (Some(case), _) => {
-                let theirs = measure_pytorch(python, &name, &pytorch_args(&case), seconds)?;
-                pytorch_fields(line, &theirs)?
-            }
-            (None, None) => {
-                let case = library::cases()
-                    .into_iter()
-                    .find(|c| c.name() == name)
-                    .context("a library case of a listed name")?;
-                let ours: library::LibraryReport =
-                    serde_json::from_str(line).context("reading a bench case's report")?;
-                let args = case.pytorch_args(ours.threads);
-                let theirs = measure_pytorch(python, &name, &args, seconds)?;
-                library::pytorch_fields(&case, &ours, &theirs)?
-            }
-        };
-        // The case's own line, its fields in order, with PyTorch's appended.
-        let (Some(ours), Some(extra)) = (line.strip_suffix('}'), extra.strip_prefix('{')) else {
-            bail!("a bench case's report `{line}` is not a JSON object");
-        };
-        println!("{ours},{extra}");
+        let lines = (0..rounds.max(1))
+            .map(|_| measure_round(&exe, device_name, &name, seconds, pytorch))
+            .collect::<Result<Vec<String>>>()?;
+        println!("{}", median_round(lines)?);
     }
     Ok(())
+}
+
+/// The keys of a line's ratio to PyTorch that [`median_round`] orders rounds by: training, or
+/// for a GPU recurrence case the forward and backward pass.
+const RATIO_KEYS: [&str; 2] = [
+    "ratio_to_pytorch_measured_train",
+    "ratio_to_pytorch_forward_backward",
+];
+
+/// Of the rounds of one case, the line whose ratio to PyTorch is the median (the lower of the
+/// two middle ones for an even count), with `rounds` and every round's ratio, in order, appended.
+/// One round's line is returned as it is.
+fn median_round(mut lines: Vec<String>) -> Result<String> {
+    if lines.len() == 1 {
+        return Ok(lines.remove(0));
+    }
+    let reports = lines
+        .iter()
+        .map(|line| serde_json::from_str(line).context("reading a bench round's report"))
+        .collect::<Result<Vec<serde_json::Value>>>()?;
+    let key = RATIO_KEYS
+        .into_iter()
+        .find(|key| reports[0][key].is_f64())
+        .with_context(|| {
+            format!(
+                "a bench round's report has no ratio to PyTorch: {}",
+                lines[0]
+            )
+        })?;
+    let ratios = reports
+        .iter()
+        .map(|report| {
+            report[key]
+                .as_f64()
+                .with_context(|| format!("a bench round's report has no `{key}`: {report}"))
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    let mut order: Vec<usize> = (0..lines.len()).collect();
+    order.sort_by(|&a, &b| ratios[a].total_cmp(&ratios[b]));
+    let line = &lines[order[(order.len() - 1) / 2]];
+    let Some(fields) = line.strip_suffix('}') else {
+        bail!("a bench case's report `{line}` is not a JSON object");
+    };
+    Ok(format!(
+        "{fields},\"rounds\":{},\"{key}_rounds\":{}}}",
+        lines.len(),
+        serde_json::to_string(&ratios)?
+    ))
+}
+
+/// One round of the case `name`: its child's line, with PyTorch's figures and the ratios to
+/// them appended when `pytorch` is given.
+fn measure_round(
+    exe: &Path,
+    device_name: Option<&str>,
+    name: &str,
+    seconds: f64,
+    pytorch: Option<&Path>,
+) -> Result<String> {
+    let mut command = std::process::Command::new(exe);
+    if let Some(device) = device_name {
+        command.args(["--device", device]);
+    }
+    let output = command
+        .args(["bench", "--case", name, "--seconds", &seconds.to_string()])
+        .output()
+        .context("running a bench case")?;
+    if !output.status.success() {
+        bail!(
+            "bench case {name} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.trim();
+    let Some(python) = pytorch else {
+        return Ok(line.to_string());
+    };
+    let gpu_case = recurrence::cases().into_iter().find(|c| c.name() == name);
+    let lm_case = cases().into_iter().find(|c| c.name() == name);
+    let extra = match (lm_case, gpu_case) {
+        (None, Some(case)) => {
+            let args = case.pytorch_args();
+            let with = |tf32: &str| {
+                let mut args = args.clone();
+                args.extend(["--tf32".to_string(), tf32.to_string()]);
+                measure_pytorch(python, name, &args, seconds)
+            };
+            recurrence::pytorch_fields(line, &with("0")?, &with("1")?)?
+        }
+        (Some(case), _) => {
+            let theirs = measure_pytorch(python, name, &pytorch_args(&case), seconds)?;
+            pytorch_fields(line, &theirs)?
+        }
+        (None, None) => {
+            let case = library::cases()
+                .into_iter()
+                .find(|c| c.name() == name)
+                .context("a library case of a listed name")?;
+            let ours: library::LibraryReport =
+                serde_json::from_str(line).context("reading a bench case's report")?;
+            let args = case.pytorch_args(ours.threads);
+            let theirs = measure_pytorch(python, name, &args, seconds)?;
+            library::pytorch_fields(&case, &ours, &theirs)?
+        }
+    };
+    // The case's own line, its fields in order, with PyTorch's appended.
+    let (Some(ours), Some(extra)) = (line.strip_suffix('}'), extra.strip_prefix('{')) else {
+        bail!("a bench case's report `{line}` is not a JSON object");
+    };
+    Ok(format!("{ours},{extra}"))
 }

@@ -248,6 +248,11 @@ struct BenchArgs {
     /// language-model cases and on as many as Burn's pool has for the library cases.
     #[arg(long, conflicts_with = "case")]
     pytorch: Option<PathBuf>,
+    /// Measure each case and its PyTorch baseline this many times in turn, and report the round
+    /// whose ratio to PyTorch is the median, with every round's ratio
+    /// (`ratio_to_pytorch_measured_train_rounds`).
+    #[arg(long, default_value_t = 1, requires = "pytorch", value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// Instead of the cases: data-parallel scaling, one process on N threads against
     /// `mpirun -n N` ranks of one thread (a build with the `mpi` feature).
     #[arg(long, value_name = "N", conflicts_with_all = ["case", "filter", "pytorch"])]
@@ -395,6 +400,7 @@ fn run(cli: Cli) -> Result<()> {
                     cli_device.as_deref(),
                     args.seconds,
                     args.pytorch.as_deref(),
+                    args.rounds as usize,
                 ),
             }
         }

@@ -261,3 +261,62 @@ esac"#,
     );
     assert!(stderr.contains("No module named torch"), "{stderr}");
 }
+
+/// `--rounds` measures each case and its baseline that many times in turn and reports the round
+/// of the median ratio, with every round's ratio; it needs `--pytorch` and at least one round.
+#[test]
+fn bench_rounds_report_the_median_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = dir.path().join("calls");
+    // The language-model case's three baselines answer 1000, 4000 and 2000 chars/s in turn, so
+    // the median ratio is the third round's, whatever Ember's own rate does meanwhile.
+    let python = stand_in(
+        dir.path(),
+        "python",
+        &format!(
+            r#"n=$(cat {counter} 2>/dev/null || echo 0); n=$((n + 1)); echo $n > {counter}
+case "$*" in
+*"--no-sample"*)
+  threads=$(echo "$*" | sed 's/.*--threads \([0-9]*\).*/\1/')
+  echo "{{\"torch\": \"stand-in\", \"threads\": $threads, \"train_steps_per_sec\": 0.5, \"train_chars_per_sec\": 1024, \"peak_rss_mb\": 400.0}}" ;;
+*)
+  case $n in 2) rate=4000 ;; 3) rate=2000 ;; *) rate=1000 ;; esac
+  echo "{{\"torch\": \"stand-in\", \"threads\": 2, \"train_chars_per_sec\": $rate, \"sample_chars_per_sec\": 10, \"peak_rss_mb\": 500.0}}" ;;
+esac"#,
+            counter = counter.display()
+        ),
+    );
+    let output = run_ok(
+        ember()
+            .args(["bench", "--filter", "rnn-2x128-b32", "--seconds", "0.2"])
+            .args(["--rounds", "3", "--pytorch"])
+            .arg(&python),
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per case: {stdout}");
+    let report: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(report["case"], "rnn-2x128-b32-s64");
+    assert_eq!(report["rounds"], 3);
+    let ratios: Vec<f64> = report["ratio_to_pytorch_measured_train_rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_f64().unwrap())
+        .collect();
+    assert_eq!(ratios.len(), 3, "{report}");
+    assert!(ratios[1] < ratios[2] && ratios[2] < ratios[0], "{report}");
+    assert_eq!(report["pytorch_measured_train_chars_per_sec"], 2000.0);
+    assert_eq!(report["ratio_to_pytorch_measured_train"], ratios[2]);
+    let library: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+    assert_eq!(library["case"], "lib-rnn-2x128-b32-s64");
+    assert_eq!(library["rounds"], 3);
+
+    for args in [
+        &["--rounds", "2"][..],
+        &["--rounds", "0", "--pytorch", "python3"][..],
+    ] {
+        let stderr = run_err(ember().args(["bench", "--filter", "rnn-2x128"]).args(args));
+        assert!(stderr.contains("--rounds") || stderr.contains("--pytorch"), "{stderr}");
+    }
+}
