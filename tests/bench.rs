@@ -317,6 +317,9 @@ esac"#,
         &["--rounds", "0", "--pytorch", "python3"][..],
     ] {
         let stderr = run_err(ember().args(["bench", "--filter", "rnn-2x128"]).args(args));
-        assert!(stderr.contains("--rounds") || stderr.contains("--pytorch"), "{stderr}");
+        assert!(
+            stderr.contains("--rounds") || stderr.contains("--pytorch"),
+            "{stderr}"
+        );
     }
 }
