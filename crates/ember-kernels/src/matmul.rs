@@ -44,9 +44,17 @@ impl<'a> Operand<'a> {
         }
     }
 
+    /// Whether every element of a `[rows, cols]` matrix is inside the values; sizes whose
+    /// extent overflows reach nowhere.
     fn reaches(&self, rows: usize, cols: usize) -> bool {
-        rows * cols == 0
-            || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.values.len()
+        if rows == 0 || cols == 0 {
+            return true;
+        }
+        let last = (rows - 1)
+            .checked_mul(self.row_stride)
+            .zip((cols - 1).checked_mul(self.col_stride))
+            .and_then(|(down, across)| down.checked_add(across));
+        last.is_some_and(|last| last < self.values.len())
     }
 }
 
@@ -63,7 +71,10 @@ pub fn matmul(
     c: &mut [f32],
 ) {
     check_operands((m, k, n), a, b);
-    assert!(c.len() >= m * n, "the product is smaller than [{m}, {n}]");
+    assert!(
+        m.checked_mul(n).is_some_and(|len| c.len() >= len),
+        "the product is smaller than [{m}, {n}]"
+    );
     if m * n == 0 {
         return;
     }
@@ -96,10 +107,19 @@ pub fn matmul(
 /// If an operand's strides reach outside its values.
 pub fn product((m, k, n): (usize, usize, usize), a: Operand<'_>, b: Operand<'_>) -> Vec<f32> {
     check_operands((m, k, n), a, b);
-    if m * n == 0 || k == 0 {
-        return vec![0.0; m * n];
+    let len = m
+        .checked_mul(n)
+        .unwrap_or_else(|| panic!("the product [{m}, {n}] has more elements than memory"));
+    // A single row or column goes to gemm's matrix-vector path, which views its output as a
+    // slice: that one is zeroed first, so that no slice of uninitialised values is made.
+    if len == 0 || k == 0 || m == 1 || n == 1 {
+        let mut c = vec![0.0; len];
+        if len > 0 && k > 0 {
+            matmul((m, k, n), a, b, false, &mut c);
+        }
+        return c;
     }
-    let mut c = Vec::<f32>::with_capacity(m * n);
+    let mut c = Vec::<f32>::with_capacity(len);
     // SAFETY: `check_operands` keeps every element the strides reach inside its slice; `c` has
     // room for `m * n` values and overlaps neither operand. Not accumulating, gemm writes every
     // element of `c` without reading it, so all `m * n` are initialised when it returns.
@@ -112,7 +132,7 @@ pub fn product((m, k, n): (usize, usize, usize), a: Operand<'_>, b: Operand<'_>)
             false,
             gemm::Parallelism::Rayon(0),
         );
-        c.set_len(m * n);
+        c.set_len(len);
     }
     c
 }
@@ -186,6 +206,27 @@ mod tests {
         c
     }
 
+    /// Sizes whose product or extent overflows are refused, not wrapped round into a small
+    /// buffer.
+    #[test]
+    fn overflowing_sizes_panic() {
+        let one = [1.0f32];
+        let broadcast = Operand {
+            values: &one,
+            row_stride: 0,
+            col_stride: 0,
+        };
+        let huge = usize::MAX / 2 + 1;
+        assert!(std::panic::catch_unwind(|| product((huge, 1, 2), broadcast, broadcast)).is_err());
+        let far = Operand {
+            values: &one,
+            row_stride: huge,
+            col_stride: 0,
+        };
+        assert!(!far.reaches(3, 1));
+        assert!(std::panic::catch_unwind(|| product((3, 1, 1), far, broadcast)).is_err());
+    }
+
     #[test]
     fn products_match_the_naive_sum_on_edge_shapes() {
         for (m, k, n) in [
@@ -195,6 +236,7 @@ mod tests {
             (3, 5, 7),
             (17, 33, 65),
             (1, 128, 512),
+            (300, 40, 1),
             // Large enough for gemm to split it over threads.
             (300, 257, 129),
         ] {

@@ -150,6 +150,8 @@ fn forward_sharded(
     count: usize,
 ) -> RecurrenceOutputs {
     let (steps, batch, h) = (shape.seq_len, shape.batch_size, shape.d_hidden);
+    // No shard would leave the buffers below unwritten.
+    assert!(count >= 1, "a chunk runs in at least one shard");
     let shards = parallel::shard_rows(batch, count);
     // Both buffers are written by the shards, in parallel, and by nothing before them: each
     // shard zeroes its own segment of the tape and writes every step's outputs of its rows.
