@@ -69,18 +69,12 @@ fn readers_beside_a_trainer_pruning_every_step_never_fail() {
     );
     // Any checkpoint past the first: with one kept, each lives only until the next step's, which
     // can be well under a millisecond, so no one name is sure to be seen.
-    let start = std::time::Instant::now();
-    while newest_step(&run_dir) < 2 {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no second checkpoint appeared"
-        );
-        assert!(
-            trainer.0.try_wait().unwrap().is_none(),
-            "the trainer ended early"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(
+        || newest_step(&run_dir) >= 2,
+        &mut trainer.0,
+        Duration::from_secs(120),
+        "no second checkpoint appeared",
+    );
     let first_step = newest_step(&run_dir);
 
     // Readers go on until the trainer has written and pruned this many checkpoints.

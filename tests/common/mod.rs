@@ -89,9 +89,20 @@ pub fn resume(run_dir: &Path, overrides: &[&str]) -> Command {
 
 /// Waits until `path` exists, failing if `child` ends first or `limit` passes.
 pub fn wait_for(path: &Path, child: &mut Child, limit: Duration) {
+    wait_until(
+        || path.exists(),
+        child,
+        limit,
+        &format!("{} did not appear", path.display()),
+    );
+}
+
+/// Waits until `done` holds, polling every 5 ms, failing with `what` if `limit` passes or if
+/// `child` ends first.
+pub fn wait_until(mut done: impl FnMut() -> bool, child: &mut Child, limit: Duration, what: &str) {
     let start = Instant::now();
-    while !path.exists() {
-        assert!(start.elapsed() < limit, "{} did not appear", path.display());
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}");
         assert!(child.try_wait().unwrap().is_none(), "training ended early");
         std::thread::sleep(Duration::from_millis(5));
     }

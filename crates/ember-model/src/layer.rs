@@ -149,15 +149,7 @@ impl RecurrentLayer {
         state: LayerState,
         mask: Option<Tensor<2>>,
     ) -> (Tensor<3>, LayerState) {
-        ops::recurrence(
-            self.cell,
-            projected,
-            self.weight_hh.val(),
-            self.bias_hh.val(),
-            state,
-            mask,
-            self.kernel,
-        )
+        self.recur(projected, self.bias_hh.val(), state, mask)
     }
 
     /// The whole chunk from the layer's input: `x W_ih` in one product, then
@@ -183,6 +175,17 @@ impl RecurrentLayer {
                 self.bias_ih.val() + self.bias_hh.val(),
             ),
         };
+        self.recur(projected, bias, state, mask)
+    }
+
+    /// [`ops::recurrence`] of this layer's cell and `W_hh` with the bias the op adds.
+    fn recur(
+        &self,
+        projected: Tensor<3>,
+        bias: Tensor<1>,
+        state: LayerState,
+        mask: Option<Tensor<2>>,
+    ) -> (Tensor<3>, LayerState) {
         ops::recurrence(
             self.cell,
             projected,

@@ -261,8 +261,6 @@ impl StackedRecurrent {
     }
 }
 
-/// The steps of a time-major `[seq_len, batch_size, width]` tensor, one `[batch_size, width]`
-/// tensor each.
 /// The bottom input of [`StackedRecurrent::run`]: the sequence itself, `[seq_len, batch_size,
 /// d_input]`, or its projection by the bottom layer, `[seq_len, batch_size, num_gates * d_hidden]`.
 enum Bottom {
@@ -270,6 +268,8 @@ enum Bottom {
     Projected(Tensor<3>),
 }
 
+/// The steps of a time-major `[seq_len, batch_size, width]` tensor, one `[batch_size, width]`
+/// tensor each.
 fn split_steps(sequence: Tensor<3>) -> Vec<Tensor<2>> {
     sequence
         .iter_dim(0)
